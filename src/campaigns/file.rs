@@ -1,0 +1,227 @@
+//! The campaigns file (`campaigns.toml`): parsing and validation.
+//!
+//! Every problem found is reported, each naming the file, the line, the campaign and the field,
+//! so one run of `rotator check` shows all that needs fixing.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use hyper::header::HeaderValue;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::countries;
+use super::{Campaign, Targeting};
+use crate::config::{check_url, one_line};
+use crate::visitor::geoip::Country;
+use crate::visitor::user_agent::Device;
+
+/// Why a campaigns file was refused.
+#[derive(Debug, thiserror::Error)]
+pub struct CampaignsError {
+    /// The file.
+    pub path: PathBuf,
+    /// One entry per problem, e.g. `line 7: campaign 3: bid: must be more than 0`.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for CampaignsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "campaigns file {}: {}", self.path.display(), self.problems.join("; "))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    campaign: Vec<Spanned<RawCampaign>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCampaign {
+    id: Spanned<u32>,
+    #[serde(default)]
+    name: String,
+    url: Spanned<String>,
+    bid: Spanned<f64>,
+    #[serde(default = "default_active")]
+    active: bool,
+    #[serde(default)]
+    targeting: RawTargeting,
+}
+
+fn default_active() -> bool {
+    true
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTargeting {
+    #[serde(default)]
+    countries: Vec<Spanned<String>>,
+    #[serde(default)]
+    browsers: Vec<Spanned<String>>,
+    #[serde(default)]
+    os: Vec<Spanned<String>>,
+    #[serde(default)]
+    devices: Vec<Spanned<String>>,
+}
+
+/// Reads and validates a campaigns file.
+pub fn load(path: &Path) -> Result<Vec<Campaign>, CampaignsError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CampaignsError { path: path.to_path_buf(), problems: vec![format!("cannot read: {e}")] })?;
+    parse(&text).map_err(|problems| CampaignsError { path: path.to_path_buf(), problems })
+}
+
+/// Parses and validates the text of a campaigns file.
+pub fn parse(text: &str) -> Result<Vec<Campaign>, Vec<String>> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| vec![one_line(&e.to_string())])?;
+    let line = |offset: usize| text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1;
+    let mut problems = Vec::new();
+    let mut campaigns = Vec::new();
+    let mut seen: HashMap<u32, usize> = HashMap::new();
+    for (n, entry) in raw.campaign.into_iter().enumerate() {
+        let entry_line = line(entry.span().start);
+        let raw = entry.into_inner();
+        let id = *raw.id.get_ref();
+        let mut problem = |offset: usize, field: &str, message: String| {
+            problems.push(format!("line {}: campaign {id} (entry {}): {field}: {message}", line(offset), n + 1));
+        };
+        if id == 0 {
+            problem(raw.id.span().start, "id", "0 is reserved for \"no campaign\"; use 1 or more".into());
+        }
+        if let Some(first) = seen.insert(id, entry_line) {
+            problem(raw.id.span().start, "id", format!("duplicate: already used by the campaign at line {first}"));
+        }
+        let url = raw.url.get_ref().clone();
+        let location = match check_url(&url) {
+            Ok(()) => HeaderValue::from_str(&url).ok(),
+            Err(message) => {
+                problem(raw.url.span().start, "url", message);
+                None
+            }
+        };
+        let bid = *raw.bid.get_ref();
+        if !(bid.is_finite() && bid > 0.0) {
+            problem(raw.bid.span().start, "bid", format!("{bid} must be a number more than 0"));
+        }
+        let mut targeting = Targeting::default();
+        for code in &raw.targeting.countries {
+            match Country::parse(code.get_ref()).filter(|c| countries::is_known(c.as_str())) {
+                Some(c) => targeting.countries.push(c),
+                None => problem(
+                    code.span().start,
+                    "targeting.countries",
+                    format!("{:?} is not an ISO 3166-1 alpha-2 country code", code.get_ref()),
+                ),
+            }
+        }
+        for (field, list, out) in [
+            ("targeting.browsers", &raw.targeting.browsers, &mut targeting.browsers),
+            ("targeting.os", &raw.targeting.os, &mut targeting.os),
+        ] {
+            for name in list {
+                if name.get_ref().trim().is_empty() {
+                    problem(name.span().start, field, "empty name".into());
+                } else {
+                    out.push(name.get_ref().trim().to_string());
+                }
+            }
+        }
+        for device in &raw.targeting.devices {
+            match Device::parse(device.get_ref()) {
+                Some(d) => targeting.devices.push(d),
+                None => problem(
+                    device.span().start,
+                    "targeting.devices",
+                    format!("{:?} is not one of desktop, mobile, tablet, bot, other", device.get_ref()),
+                ),
+            }
+        }
+        if let Some(location) = location {
+            campaigns.push(Campaign {
+                id,
+                name: raw.name,
+                url,
+                location,
+                bid,
+                active: raw.active,
+                targeting,
+            });
+        }
+    }
+    if problems.is_empty() { Ok(campaigns) } else { Err(problems) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[campaign]]
+id = 1
+name = "Yandex"
+url = "https://yandex.ru"
+bid = 1.5
+[campaign.targeting]
+countries = ["ru"]
+browsers = ["Chrome"]
+devices = ["desktop", "Mobile"]
+
+[[campaign]]
+id = 2
+url = "http://duckduckgo.com"
+bid = 2
+active = false
+"#;
+
+    #[test]
+    fn good_file() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].targeting.countries[0].as_str(), "RU");
+        assert_eq!(c[0].targeting.devices, [Device::Desktop, Device::Mobile]);
+        assert_eq!(c[1].bid, 2.0);
+        assert!(!c[1].active);
+        assert!(parse("").unwrap().is_empty());
+    }
+
+    fn problems(text: &str) -> String {
+        parse(text).unwrap_err().join("\n")
+    }
+
+    #[test]
+    fn each_problem_names_line_campaign_and_field() {
+        let text = "[[campaign]]\nid = 7\nurl = \"ftp://x\"\nbid = 0\n[campaign.targeting]\ncountries = [\"XX\"]\ndevices = [\"fridge\"]\n\n[[campaign]]\nid = 7\nurl = \"https://a.b\"\nbid = -1\n";
+        let p = problems(text);
+        assert!(p.contains("line 3: campaign 7 (entry 1): url:"), "{p}");
+        assert!(p.contains("line 4: campaign 7 (entry 1): bid:"), "{p}");
+        assert!(p.contains("line 6: campaign 7 (entry 1): targeting.countries: \"XX\""), "{p}");
+        assert!(p.contains("line 7: campaign 7 (entry 1): targeting.devices: \"fridge\""), "{p}");
+        assert!(p.contains("line 10: campaign 7 (entry 2): id: duplicate: already used by the campaign at line 1"), "{p}");
+        assert!(p.contains("line 12: campaign 7 (entry 2): bid:"), "{p}");
+    }
+
+    #[test]
+    fn unknown_keys_and_types_are_named() {
+        let p = problems("[[campaign]]\nid = 1\nurl = \"https://a.b\"\nbid = 1\nbudget = 5\n");
+        assert!(p.contains("budget") && p.contains("line 5"), "{p}");
+        let p = problems("[[campaign]]\nid = 1\nurl = \"https://a.b\"\nbid = 1\n[campaign.targeting]\ncountry = [\"RU\"]\n");
+        assert!(p.contains("country"), "{p}");
+        let p = problems("[[campaign]]\nid = -1\nurl = \"https://a.b\"\nbid = 1\n");
+        assert!(p.contains("line 2"), "{p}");
+        let p = problems("[[campaign]]\nid = 1\nbid = 1\n");
+        assert!(p.contains("url"), "{p}");
+        assert!(!problems("not toml [").contains('\n'));
+    }
+
+    #[test]
+    fn bundled_campaigns_file_is_valid() {
+        let c = load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/campaigns.toml"))).unwrap();
+        assert_eq!(c.len(), 3);
+    }
+}

@@ -1,0 +1,139 @@
+//! One request becomes one decision: visitor → auction → where to send them, counted once.
+//!
+//! [`Decider`] holds everything a decision reads (all immutable or lock-free) and is shared by
+//! every connection. [`Decider::decide`] is the request path; it calls [`Decider::record`], the
+//! one seam where a decision is counted (statistics row and metrics). `explain` and the
+//! benchmarks use the same pieces without HTTP.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hyper::HeaderMap;
+use hyper::header::{HeaderValue, USER_AGENT};
+use serde::Serialize;
+
+use crate::auction::{self, Exclusion, Outcome};
+use crate::campaigns::CatalogueHandle;
+use crate::metrics::Metrics;
+use crate::stats::aggregator::{Aggregator, RowKey, current_minute};
+use crate::visitor::Visitor;
+use crate::visitor::client_ip::TrustedProxies;
+use crate::visitor::geoip::GeoIp;
+use crate::visitor::user_agent::{CacheOutcome, UserAgentParser};
+
+/// Everything a decision needs.
+pub struct Decider {
+    /// Country database.
+    pub geoip: Arc<GeoIp>,
+    /// User-Agent parser and cache.
+    pub agents: Arc<UserAgentParser>,
+    /// Current campaigns.
+    pub catalogue: CatalogueHandle,
+    /// Who may set forwarding headers.
+    pub proxies: TrustedProxies,
+    /// `Location` when nothing wins.
+    pub default_location: HeaderValue,
+    /// Whether bots take part in auctions.
+    pub bots_win: bool,
+    /// Statistics counters; `None` when statistics are off (explain, benchmarks).
+    pub stats: Option<Arc<Aggregator>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// What `rotator explain` prints for one visitor.
+#[derive(Debug, Serialize)]
+pub struct Explained {
+    /// The address used.
+    pub ip: IpAddr,
+    /// ISO code, or null.
+    pub country: Option<String>,
+    /// Browser family.
+    pub browser: String,
+    /// OS family.
+    pub os: String,
+    /// Device type.
+    pub device: &'static str,
+    /// Whether the agent is a bot.
+    pub bot: bool,
+    /// Eligible campaign ids, highest bid first.
+    pub eligible: Vec<u32>,
+    /// Campaigns left out, with the reason.
+    pub excluded: Vec<Exclusion>,
+    /// The winner, or null.
+    pub winner: Option<u32>,
+    /// Where the visitor is sent.
+    pub url: String,
+}
+
+impl Decider {
+    /// What is known about a visitor at `ip` with User-Agent `ua`.
+    #[inline]
+    pub fn visitor(&self, ip: IpAddr, ua: Option<&str>) -> (Visitor, CacheOutcome, bool) {
+        let (agent, cache) = self.agents.lookup(ua);
+        let (country, geo_ok) = match self.geoip.country(ip) {
+            Ok(c) => (c, true),
+            Err(_) => (None, false),
+        };
+        (Visitor { ip, country, agent }, cache, geo_ok)
+    }
+
+    /// Decides for one HTTP request and counts it; returns the `Location` to send.
+    #[inline]
+    pub fn decide(&self, peer: IpAddr, headers: &HeaderMap) -> HeaderValue {
+        let ip = self.proxies.client_ip(peer, headers);
+        // Any UTF-8 agent is accepted (not only visible ASCII); anything else is "unknown".
+        let ua = headers.get(USER_AGENT).and_then(|v| std::str::from_utf8(v.as_bytes()).ok());
+        let (visitor, cache, geo_ok) = self.visitor(ip, ua);
+        let catalogue = self.catalogue.load();
+        let outcome = auction::run(&catalogue, &visitor, self.bots_win);
+        self.record(&visitor, &outcome, cache, geo_ok);
+        match outcome {
+            Outcome::Won(c) => c.location.clone(),
+            Outcome::NoFill | Outcome::Bot => self.default_location.clone(),
+        }
+    }
+
+    /// Counts one decision: one statistics row increment and the metrics.
+    #[inline]
+    pub fn record(&self, visitor: &Visitor, outcome: &Outcome<'_>, cache: CacheOutcome, geo_ok: bool) {
+        let campaign_id = match outcome {
+            Outcome::Won(c) => c.id,
+            _ => 0,
+        };
+        if let Some(stats) = &self.stats {
+            stats.record(RowKey {
+                minute: current_minute(),
+                country: visitor.country,
+                os: visitor.agent.os,
+                browser: visitor.agent.browser,
+                device: visitor.agent.device,
+                campaign_id,
+            });
+        }
+        self.metrics.observe_decision(outcome, !geo_ok, visitor.country.is_some(), cache == CacheOutcome::Hit);
+    }
+
+    /// Explains the decision for `ip` and `ua` without counting it.
+    pub fn explain(&self, ip: IpAddr, ua: &str) -> Explained {
+        let (visitor, _, _) = self.visitor(crate::visitor::client_ip::canonical(ip), Some(ua));
+        let catalogue = self.catalogue.load();
+        let explanation = auction::explain(&catalogue, &visitor, self.bots_win);
+        let (winner, url) = match auction::run(&catalogue, &visitor, self.bots_win) {
+            Outcome::Won(c) => (Some(c.id), c.url.clone()),
+            _ => (None, String::from_utf8_lossy(self.default_location.as_bytes()).into_owned()),
+        };
+        Explained {
+            ip: visitor.ip,
+            country: visitor.country.map(|c| c.to_string()),
+            browser: visitor.agent.browser.to_string(),
+            os: visitor.agent.os.to_string(),
+            device: visitor.agent.device.as_str(),
+            bot: visitor.agent.is_bot(),
+            eligible: explanation.eligible,
+            excluded: explanation.excluded,
+            winner,
+            url,
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! What each path answers.
+//!
+//! Ad listener: `GET`/`HEAD` on `/` and `/ad` → 303 to the winner (or `default_url`) with
+//! `Cache-Control: no-store`; another method → 405 with `Allow`; another path → 404.
+//! Metrics listener: `/metrics`, `/healthz`, `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::Body;
+use super::server::Handler;
+use crate::campaigns::CatalogueHandle;
+use crate::decision::Decider;
+use crate::metrics::{Metrics, Route};
+
+static NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+static GET_HEAD: HeaderValue = HeaderValue::from_static("GET, HEAD");
+static TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, TEXT.clone());
+    r
+}
+
+/// The ad listener.
+pub struct AdRoutes {
+    /// Makes the decisions.
+    pub decider: Arc<Decider>,
+}
+
+impl Handler for AdRoutes {
+    fn handle(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let (route, response) = match req.uri().path() {
+            "/" | "/ad" => (Route::Ad, self.ad(req, peer)),
+            _ => (Route::Other, text(StatusCode::NOT_FOUND, "not found\n")),
+        };
+        self.decider.metrics.observe_request(route, response.status().as_u16(), started.elapsed());
+        response
+    }
+}
+
+impl AdRoutes {
+    fn ad(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use GET or HEAD\n");
+            r.headers_mut().insert(ALLOW, GET_HEAD.clone());
+            return r;
+        }
+        let location = self.decider.decide(peer.ip(), req.headers());
+        let mut r = Response::new(Body::default());
+        *r.status_mut() = StatusCode::SEE_OTHER;
+        let headers = r.headers_mut();
+        headers.insert(LOCATION, location);
+        headers.insert(CACHE_CONTROL, NO_STORE.clone());
+        r
+    }
+}
+
+/// The metrics and health listener.
+pub struct AdminRoutes {
+    /// Metrics to render.
+    pub metrics: Arc<Metrics>,
+    /// Current campaigns (readiness).
+    pub catalogue: CatalogueHandle,
+}
+
+impl Handler for AdminRoutes {
+    fn handle(&self, req: &Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use GET or HEAD\n");
+            r.headers_mut().insert(ALLOW, GET_HEAD.clone());
+            return r;
+        }
+        match req.uri().path() {
+            "/metrics" => {
+                let mut r = Response::new(Body::new(Bytes::from(self.metrics.render())));
+                r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+                r
+            }
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" => {
+                // A catalogue is always loaded once serving (start-up refuses to serve without
+                // one); an empty catalogue still serves default_url, so it counts as ready.
+                let _campaigns = self.catalogue.load();
+                if self.metrics.stats_ready() {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready: statistics sink unreachable and spool refusing writes\n")
+                }
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Prometheus metrics, and the listener that serves them with the health endpoints.
+//!
+//! The `prometheus` crate's counters and histograms are lock-free atomics. Label lookups take a
+//! lock and a hash, so every series the request path touches is resolved once here
+//! ([`Metrics::new`]) and the request path only increments. Campaign wins are the exception: the
+//! label is the campaign id, looked up per win (bounded by the number of campaigns).
+//!
+//! The listener is separate from the ad listener so that it can stay on loopback while ads are
+//! public; it serves `/metrics`, `/healthz` (the process answers) and `/readyz` (campaigns loaded
+//! and statistics sink reachable or spooling).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::auction::Outcome;
+
+/// Latency buckets, seconds: 50 µs to 1 s, roughly ×2 apart.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Flush duration buckets, seconds: 1 ms to 30 s.
+const FLUSH_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// The route label of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/` and `/ad`.
+    Ad,
+    /// Anything else (404, 405).
+    Other,
+}
+
+/// Request latency histograms by route and status class, resolved once.
+struct LatencyByRoute {
+    /// Index: route * 5 + status class (1xx..5xx → 0..4).
+    series: Vec<Histogram>,
+}
+
+/// All metrics of one server.
+pub struct Metrics {
+    registry: Registry,
+    latency: LatencyByRoute,
+    decisions_won: IntCounter,
+    decisions_no_fill: IntCounter,
+    decisions_bot: IntCounter,
+    decisions_error: IntCounter,
+    wins: IntCounterVec,
+    geoip_unknown: IntCounter,
+    ua_cache_hits: IntCounter,
+    ua_cache_misses: IntCounter,
+    /// Rows waiting for the sink (in memory and in the spool).
+    pub stats_rows_pending: IntGauge,
+    stats_flushes: IntCounterVec,
+    stats_flush_duration: HistogramVec,
+    /// Bytes in the spool folder.
+    pub stats_spool_bytes: IntGauge,
+    /// Batches in the spool folder.
+    pub stats_spool_batches: IntGauge,
+    /// Rows that could be neither written nor spooled.
+    pub stats_rows_lost: IntCounter,
+    reloads: IntCounterVec,
+    /// Active campaigns in the current catalogue.
+    pub campaigns_active: IntGauge,
+    /// Whether the statistics pipeline can take rows (sink reachable, or spool writable).
+    stats_ready: AtomicBool,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric name");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric name");
+    registry.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric name");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+impl Metrics {
+    /// Registers every metric. Names are constants, so registration cannot fail at run time;
+    /// the `expect`s document that.
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let latency_vec = HistogramVec::new(
+            HistogramOpts::new("rotator_http_request_duration_seconds", "Time to answer an HTTP request.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(latency_vec.clone())).expect("unique metric");
+        let mut series = Vec::new();
+        for route in ["ad", "other"] {
+            for status in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+                series.push(latency_vec.with_label_values(&[route, status]));
+            }
+        }
+        let decisions = counter_vec(&registry, "rotator_decisions_total", "Ad decisions by outcome.", &["outcome"]);
+        let stats_flush_duration = HistogramVec::new(
+            HistogramOpts::new("rotator_stats_flush_duration_seconds", "Time to write one batch to the sink.")
+                .buckets(FLUSH_BUCKETS.to_vec()),
+            &["sink"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(stats_flush_duration.clone())).expect("unique metric");
+        let build_gauge = prometheus::IntGaugeVec::new(
+            Opts::new("rotator_build_info", "Always 1; the version is a label."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_gauge.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(build_gauge)).expect("unique metric");
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("unique metric");
+        Arc::new(Metrics {
+            latency: LatencyByRoute { series },
+            decisions_won: decisions.with_label_values(&["won"]),
+            decisions_no_fill: decisions.with_label_values(&["no_fill"]),
+            decisions_bot: decisions.with_label_values(&["bot"]),
+            decisions_error: decisions.with_label_values(&["error"]),
+            wins: counter_vec(&registry, "rotator_campaign_wins_total", "Auctions won, by campaign.", &["campaign_id"]),
+            geoip_unknown: counter(&registry, "rotator_geoip_unknown_country_total", "Visitors whose country is unknown."),
+            ua_cache_hits: counter(&registry, "rotator_ua_cache_hits_total", "User-Agents found parsed in the cache."),
+            ua_cache_misses: counter(&registry, "rotator_ua_cache_misses_total", "User-Agents parsed in full."),
+            stats_rows_pending: gauge(&registry, "rotator_stats_rows_pending", "Statistics rows not yet written to the sink."),
+            stats_flushes: counter_vec(
+                &registry,
+                "rotator_stats_flushes_total",
+                "Batch writes by sink and result (ok, error, spooled, rejected).",
+                &["sink", "result"],
+            ),
+            stats_flush_duration,
+            stats_spool_bytes: gauge(&registry, "rotator_stats_spool_bytes", "Bytes in the statistics spool."),
+            stats_spool_batches: gauge(&registry, "rotator_stats_spool_batches", "Batches in the statistics spool."),
+            stats_rows_lost: counter(&registry, "rotator_stats_rows_lost_total", "Statistics rows that could be neither written nor spooled."),
+            reloads: counter_vec(&registry, "rotator_campaign_reloads_total", "Campaign file reloads by result.", &["result"]),
+            campaigns_active: gauge(&registry, "rotator_campaigns_active", "Active campaigns in the current catalogue."),
+            stats_ready: AtomicBool::new(true),
+            registry,
+        })
+    }
+
+    /// Counts one answered request.
+    #[inline]
+    pub fn observe_request(&self, route: Route, status: u16, elapsed: Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        let index = if route == Route::Ad { 0 } else { 5 } + class;
+        if let Some(h) = self.latency.series.get(index) {
+            h.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Counts one decision. `error` marks a decision made despite a failure (a broken GeoIP
+    /// record): it counts as outcome `error`, whatever the auction said.
+    #[inline]
+    pub fn observe_decision(&self, outcome: &Outcome<'_>, error: bool, country_known: bool, ua_cache_hit: bool) {
+        if let Outcome::Won(c) = outcome {
+            let mut id = itoa::Buffer::new();
+            self.wins.with_label_values(&[id.format(c.id)]).inc();
+        }
+        match outcome {
+            _ if error => self.decisions_error.inc(),
+            Outcome::Won(_) => self.decisions_won.inc(),
+            Outcome::NoFill => self.decisions_no_fill.inc(),
+            Outcome::Bot => self.decisions_bot.inc(),
+        }
+        if !country_known {
+            self.geoip_unknown.inc();
+        }
+        if ua_cache_hit { self.ua_cache_hits.inc() } else { self.ua_cache_misses.inc() }
+    }
+
+    /// Counts one batch write.
+    pub fn observe_flush(&self, sink: &str, result: &str, elapsed: Option<Duration>) {
+        self.stats_flushes.with_label_values(&[sink, result]).inc();
+        if let Some(e) = elapsed {
+            self.stats_flush_duration.with_label_values(&[sink]).observe(e.as_secs_f64());
+        }
+    }
+
+    /// Counts a campaign reload.
+    pub fn observe_reload(&self, ok: bool) {
+        self.reloads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+    }
+
+    /// Removes the win series of campaigns no longer in the catalogue (keeps labels bounded).
+    pub fn retain_campaigns(&self, ids: &[u32]) {
+        let gathered = self.registry.gather();
+        for mf in gathered.iter().filter(|mf| mf.name() == "rotator_campaign_wins_total") {
+            for m in mf.get_metric() {
+                if let Some(label) = m.get_label().iter().find(|l| l.name() == "campaign_id") {
+                    let keep = label.value().parse::<u32>().is_ok_and(|id| ids.contains(&id));
+                    if !keep {
+                        let _ = self.wins.remove_label_values(&[label.value()]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Marks the statistics pipeline ready or not (for `/readyz`).
+    pub fn set_stats_ready(&self, ready: bool) {
+        self.stats_ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether the statistics pipeline can take rows.
+    pub fn stats_ready(&self) -> bool {
+        self.stats_ready.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
+            out = format!("# encoding failed: {e}\n");
+        }
+        out
+    }
+}

@@ -1,0 +1,333 @@
+//! The flusher: moves counts from the aggregator to the sink, through the spool when needed.
+//!
+//! Every `flush_interval` the aggregator is drained into a [`Batch`] with a fresh id, appended to
+//! an in-memory queue, and the queue is written oldest first (spool first: it only holds batches
+//! older than the queue). A failed write keeps its batch and retries with exponential backoff
+//! while new batches keep arriving. When the queue holds more than `max_pending_rows`, or the sink
+//! has failed for longer than `spool_after`, the whole queue goes to the spool, so memory stays
+//! bounded through a long outage; the spool replays when the sink answers, and at the next start.
+//!
+//! Retry decisions are data ([`SinkError::retryable`]): a batch the sink refuses as bad data is
+//! not retried (it would block everything behind it) but set aside in the spool's `rejected/`.
+//!
+//! The flusher runs on its own thread with its own single-threaded runtime, so SQLite calls and
+//! spool fsyncs never stall a request worker.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::aggregator::Aggregator;
+use super::sinks::{Sink, SinkError};
+use super::spool::{Spool, SpoolError};
+use super::Batch;
+use crate::config::StatsConfig;
+use crate::metrics::Metrics;
+
+/// First retry delay after a failed write.
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Longest delay between retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// At most one error log line per this period on the statistics path (a down database must not
+/// flood the log); suppressed lines are counted in the next one.
+const ERROR_LOG_PERIOD: Duration = Duration::from_secs(30);
+
+/// The flusher's settings, from `[stats]`.
+#[derive(Debug, Clone)]
+pub struct FlushSettings {
+    /// Drain interval.
+    pub interval: Duration,
+    /// Queue size that sends batches to the spool.
+    pub max_pending_rows: u64,
+    /// Failure duration that sends batches to the spool.
+    pub spool_after: Duration,
+    /// Timeout of one write.
+    pub write_timeout: Duration,
+}
+
+impl From<&StatsConfig> for FlushSettings {
+    fn from(c: &StatsConfig) -> Self {
+        FlushSettings {
+            interval: c.flush_interval,
+            max_pending_rows: c.max_pending_rows,
+            spool_after: c.spool_after,
+            write_timeout: c.write_timeout,
+        }
+    }
+}
+
+/// Rate-limited error logging.
+struct ErrorLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    fn error(&mut self, message: &str) {
+        let now = Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < ERROR_LOG_PERIOD) {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::error!(suppressed = self.suppressed, "statistics: {message}");
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+/// Moves batches from the aggregator to the sink.
+pub struct Flusher {
+    aggregator: Arc<Aggregator>,
+    sink: Sink,
+    spool: Spool,
+    settings: FlushSettings,
+    metrics: Arc<Metrics>,
+    /// Random per process, so batch ids never repeat across restarts.
+    run_id: String,
+    next_seq: u64,
+    queue: VecDeque<Batch>,
+    failing_since: Option<Instant>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    errors: ErrorLog,
+    /// Whether the last spool write succeeded (for `/readyz`).
+    spool_ok: bool,
+}
+
+impl Flusher {
+    /// A flusher over an opened sink and spool.
+    pub fn new(
+        aggregator: Arc<Aggregator>,
+        sink: Sink,
+        spool: Spool,
+        settings: FlushSettings,
+        metrics: Arc<Metrics>,
+    ) -> Flusher {
+        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let flusher = Flusher {
+            aggregator,
+            sink,
+            spool,
+            settings,
+            metrics,
+            run_id: format!("{started:x}-{:016x}", fastrand::u64(..)),
+            next_seq: 0,
+            queue: VecDeque::new(),
+            failing_since: None,
+            retry_at: None,
+            backoff: MIN_BACKOFF,
+            errors: ErrorLog { last: None, suppressed: 0 },
+            spool_ok: true,
+        };
+        flusher.update_gauges();
+        flusher
+    }
+
+    /// Runs until `shutdown` turns true, then drains everything to the sink or the spool within
+    /// `grace`.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+        let mut tick = tokio::time::interval(self.settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        // Replay what a previous run spooled before waiting for the first interval.
+        self.deliver().await;
+        loop {
+            let retry = self.retry_at.map(tokio::time::Instant::from_std);
+            tokio::select! {
+                _ = tick.tick() => self.collect(),
+                _ = async { tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)).await }, if retry.is_some() => {}
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                }
+            }
+            if self.must_spool() {
+                self.spool_queue();
+            }
+            self.deliver().await;
+        }
+        self.finish(grace).await;
+    }
+
+    /// Drains the aggregator into a new batch at the end of the queue.
+    fn collect(&mut self) {
+        let rows = self.aggregator.drain();
+        if !rows.is_empty() {
+            self.next_seq += 1;
+            self.queue.push_back(Batch { id: format!("{}-{}", self.run_id, self.next_seq), rows });
+        }
+        self.update_gauges();
+    }
+
+    fn queued_rows(&self) -> u64 {
+        self.queue.iter().map(|b| b.rows.len() as u64).sum()
+    }
+
+    fn must_spool(&self) -> bool {
+        !self.queue.is_empty()
+            && (self.queued_rows() > self.settings.max_pending_rows
+                || self.failing_since.is_some_and(|t| t.elapsed() >= self.settings.spool_after))
+    }
+
+    /// Moves the whole queue, in order, to the spool. Batches the spool refuses are lost: counted
+    /// and logged.
+    fn spool_queue(&mut self) {
+        while let Some(batch) = self.queue.pop_front() {
+            match self.spool.push(&batch) {
+                Ok(()) => {
+                    self.spool_ok = true;
+                    self.metrics.observe_flush(self.sink.name(), "spooled", None);
+                }
+                Err(e) => {
+                    self.spool_ok = false;
+                    self.lose(&batch, &e);
+                }
+            }
+        }
+        self.update_gauges();
+    }
+
+    fn lose(&mut self, batch: &Batch, error: &SpoolError) {
+        self.metrics.stats_rows_lost.inc_by(batch.rows.len() as u64);
+        tracing::error!(
+            batch = %batch.id,
+            rows = batch.rows.len(),
+            requests = batch.requests(),
+            "statistics LOST: the sink is unavailable and the spool refused the batch: {error}"
+        );
+    }
+
+    /// Writes batches, oldest first, until one fails or none is left.
+    async fn deliver(&mut self) {
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        self.retry_at = None;
+        loop {
+            let (batch, seq) = if let Some((seq, read)) = self.spool.oldest() {
+                match read {
+                    Ok(batch) => (batch, Some(seq)),
+                    Err(e) => {
+                        tracing::error!("statistics: {e}; moving it aside");
+                        if let Err(e) = self.spool.set_aside(seq, true) {
+                            tracing::error!("statistics: cannot move the corrupt file aside: {e}");
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            } else if let Some(batch) = self.queue.front() {
+                (batch.clone(), None)
+            } else {
+                break;
+            };
+            let started = Instant::now();
+            let result = self.sink.write(&batch, self.settings.write_timeout).await;
+            let elapsed = started.elapsed();
+            match result {
+                Ok(()) => {
+                    self.metrics.observe_flush(self.sink.name(), "ok", Some(elapsed));
+                    self.acknowledge(seq);
+                    if self.failing_since.take().is_some() {
+                        tracing::info!("statistics: {} answers again", self.sink.name());
+                    }
+                    self.backoff = MIN_BACKOFF;
+                }
+                Err(e) if !e.retryable => {
+                    self.metrics.observe_flush(self.sink.name(), "rejected", Some(elapsed));
+                    self.reject(&batch, seq, &e);
+                }
+                Err(e) => {
+                    self.metrics.observe_flush(self.sink.name(), "error", Some(elapsed));
+                    self.failing_since.get_or_insert(started);
+                    self.retry_at = Some(Instant::now() + self.backoff);
+                    self.errors.error(&format!("write of batch {} failed, retrying in {:?}: {e}", batch.id, self.backoff));
+                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    break;
+                }
+            }
+        }
+        self.update_gauges();
+    }
+
+    fn acknowledge(&mut self, seq: Option<u64>) {
+        match seq {
+            Some(seq) => {
+                if let Err(e) = self.spool.remove(seq) {
+                    // The batch would be replayed; the sinks' batch ids make that harmless.
+                    tracing::error!("statistics: written batch stays in the spool: {e}");
+                }
+            }
+            None => {
+                self.queue.pop_front();
+            }
+        }
+    }
+
+    fn reject(&mut self, batch: &Batch, seq: Option<u64>, error: &SinkError) {
+        let moved = match seq {
+            Some(seq) => self.spool.set_aside(seq, false),
+            None => {
+                self.queue.pop_front();
+                self.spool.reject(batch)
+            }
+        };
+        match moved {
+            Ok(path) => tracing::error!(
+                batch = %batch.id,
+                "statistics: the sink refused the batch as bad data; kept in {} for an operator: {error}",
+                path.display()
+            ),
+            Err(e) => {
+                self.metrics.stats_rows_lost.inc_by(batch.rows.len() as u64);
+                tracing::error!(batch = %batch.id, "statistics LOST: refused by the sink ({error}) and not saved: {e}");
+            }
+        }
+    }
+
+    /// Final drain at shutdown: one attempt to write what is in memory (if the sink is healthy),
+    /// then everything left goes to the spool.
+    async fn finish(&mut self, grace: Duration) {
+        self.collect();
+        let deadline = Instant::now() + grace;
+        if self.failing_since.is_none() {
+            while let Some(batch) = self.queue.front().cloned() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match self.sink.write(&batch, left.min(self.settings.write_timeout)).await {
+                    Ok(()) => {
+                        self.metrics.observe_flush(self.sink.name(), "ok", None);
+                        self.queue.pop_front();
+                    }
+                    Err(e) if !e.retryable => {
+                        self.queue.pop_front();
+                        self.reject(&batch, None, &e);
+                    }
+                    Err(e) => {
+                        tracing::warn!("statistics: final write failed, spooling: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        let spooled = self.queue.len();
+        self.spool_queue();
+        if spooled > 0 {
+            tracing::info!(batches = spooled, "statistics: spooled at shutdown; they are written at the next start");
+        }
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.stats_rows_pending.set(self.queued_rows() as i64);
+        self.metrics.stats_spool_bytes.set(self.spool.bytes() as i64);
+        self.metrics.stats_spool_batches.set(self.spool.len() as i64);
+        self.metrics.set_stats_ready(self.failing_since.is_none() || self.spool_ok);
+    }
+}

@@ -1,0 +1,121 @@
+//! Statistics sinks: where batches are written, behind one dispatching enum.
+//!
+//! Every sink offers the same four operations: `migrate` (create its objects, idempotently),
+//! `write` (apply one batch at most once; see each sink for its guarantee), `report` (read
+//! aggregated rows back for `rotator report`) and `ping`. Errors say whether a retry can help
+//! ([`SinkError::retryable`]): a refused connection can, a rejected row cannot.
+
+pub mod clickhouse;
+pub mod mysql;
+pub mod sqlite;
+
+use std::time::Duration;
+
+use super::Batch;
+use super::report::{ReportQuery, ReportRow};
+use crate::config::{SinkKind, StatsConfig};
+
+/// Why a sink operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{sink}: {message}")]
+pub struct SinkError {
+    /// The sink's name.
+    pub sink: &'static str,
+    /// What happened.
+    pub message: String,
+    /// Whether trying the same operation again may succeed. Data errors (a value the database
+    /// refuses) are not retryable: retrying would only fail again and block the batches behind.
+    pub retryable: bool,
+}
+
+impl SinkError {
+    /// A transient failure: connection refused, timeout, server busy.
+    pub fn transient(sink: &'static str, message: impl Into<String>) -> SinkError {
+        SinkError { sink, message: message.into(), retryable: true }
+    }
+
+    /// A permanent failure: the data or the schema is wrong.
+    pub fn permanent(sink: &'static str, message: impl Into<String>) -> SinkError {
+        SinkError { sink, message: message.into(), retryable: false }
+    }
+}
+
+/// The configured sink.
+pub enum Sink {
+    /// Embedded SQLite.
+    Sqlite(sqlite::SqliteSink),
+    /// ClickHouse over HTTP.
+    Clickhouse(clickhouse::ClickhouseSink),
+    /// MySQL or MariaDB.
+    Mysql(mysql::MysqlSink),
+    /// Nothing is stored.
+    None,
+}
+
+impl Sink {
+    /// Builds the sink named in the config (no I/O beyond opening an SQLite file).
+    pub fn open(config: &StatsConfig) -> Result<Sink, SinkError> {
+        Ok(match config.sink {
+            SinkKind::Sqlite => Sink::Sqlite(sqlite::SqliteSink::open(&config.sqlite)?),
+            SinkKind::Clickhouse => Sink::Clickhouse(clickhouse::ClickhouseSink::new(&config.clickhouse, config.write_timeout)),
+            SinkKind::Mysql => Sink::Mysql(mysql::MysqlSink::new(&config.mysql)?),
+            SinkKind::None => Sink::None,
+        })
+    }
+
+    /// The sink's name, for logs and metric labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sink::Sqlite(_) => "sqlite",
+            Sink::Clickhouse(_) => "clickhouse",
+            Sink::Mysql(_) => "mysql",
+            Sink::None => "none",
+        }
+    }
+
+    /// Creates the database objects if missing.
+    pub async fn migrate(&self) -> Result<(), SinkError> {
+        match self {
+            Sink::Sqlite(s) => s.migrate().await,
+            Sink::Clickhouse(s) => s.migrate().await,
+            Sink::Mysql(s) => s.migrate().await,
+            Sink::None => Ok(()),
+        }
+    }
+
+    /// Writes one batch, at most once per batch id where the sink can promise it.
+    pub async fn write(&self, batch: &Batch, timeout: Duration) -> Result<(), SinkError> {
+        let name = self.name();
+        let write = async {
+            match self {
+                Sink::Sqlite(s) => s.write(batch).await,
+                Sink::Clickhouse(s) => s.write(batch).await,
+                Sink::Mysql(s) => s.write(batch).await,
+                Sink::None => Ok(()),
+            }
+        };
+        tokio::time::timeout(timeout, write)
+            .await
+            .unwrap_or_else(|_| Err(SinkError::transient(name, format!("write timed out after {timeout:?}"))))
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), SinkError> {
+        match self {
+            Sink::Sqlite(s) => s.ping().await,
+            Sink::Clickhouse(s) => s.ping().await,
+            Sink::Mysql(s) => s.ping().await,
+            Sink::None => Ok(()),
+        }
+    }
+
+    /// Aggregated rows for `rotator report`.
+    pub async fn report(&self, query: &ReportQuery) -> Result<Vec<ReportRow>, SinkError> {
+        match self {
+            Sink::Sqlite(s) => s.report(query).await,
+            Sink::Clickhouse(s) => s.report(query).await,
+            Sink::Mysql(s) => s.report(query).await,
+            Sink::None => Err(SinkError::permanent("none", "sink = \"none\" stores nothing to report")),
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The visitor's country, from a MaxMind-format database (memory-mapped).
+//!
+//! Two record layouts are read: GeoIP2/GeoLite2 (`country.iso_code`, also in City databases) and
+//! the flat layout of free databases such as the bundled one (`country_code`). Strings are
+//! borrowed from the mapped file, so a lookup does not allocate. An address with no record, or a
+//! record with no country, is a normal answer (`None`), not an error.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::client_ip::canonical;
+
+/// An ISO 3166-1 alpha-2 country code, upper case.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Country([u8; 2]);
+
+impl Country {
+    /// Parses two ASCII letters (any case).
+    pub fn parse(code: &str) -> Option<Country> {
+        match code.as_bytes() {
+            [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+                Some(Country([a.to_ascii_uppercase(), b.to_ascii_uppercase()]))
+            }
+            _ => None,
+        }
+    }
+
+    /// The code, e.g. "DE".
+    pub fn as_str(&self) -> &str {
+        // Only ASCII letters are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+}
+
+impl fmt::Debug for Country {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Country {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why the database cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum GeoIpError {
+    /// The file is missing, unreadable or not a MaxMind database.
+    #[error("GeoIP database {path}: {message}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A lookup hit a broken part of the database.
+    #[error("GeoIP lookup of {ip}: {message}")]
+    Lookup {
+        /// The address looked up.
+        ip: IpAddr,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// An open country database.
+pub struct GeoIp {
+    reader: maxminddb::Reader<maxminddb::Mmap>,
+    path: PathBuf,
+}
+
+#[derive(Deserialize)]
+struct Record<'a> {
+    #[serde(borrow)]
+    country: Option<CountryRecord<'a>>,
+    country_code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct CountryRecord<'a> {
+    iso_code: Option<&'a str>,
+}
+
+/// Addresses looked up at open time to catch a database whose search tree is broken.
+const PROBE_ADDRESSES: [&str; 4] = ["1.1.1.1", "81.2.69.160", "2001:4860:4860::8888", "2a02:6b8::feed:ff"];
+
+impl GeoIp {
+    /// Opens and memory-maps `path`, and checks it answers lookups.
+    pub fn open(path: &Path) -> Result<GeoIp, GeoIpError> {
+        let open_err = |message: String| GeoIpError::Open { path: path.to_path_buf(), message };
+        if !path.is_file() {
+            return Err(open_err("no such file".into()));
+        }
+        // SAFETY: the map is read-only and the file is not written by rotator. Replacing the
+        // database must be done by writing a new file and renaming it over the old one (as
+        // MaxMind's geoipupdate does), which leaves this mapping intact.
+        let reader = unsafe { maxminddb::Reader::open_mmap(path) }.map_err(|e| open_err(e.to_string()))?;
+        let geoip = GeoIp { reader, path: path.to_path_buf() };
+        for probe in PROBE_ADDRESSES {
+            let ip: IpAddr = probe.parse().map_err(|_| open_err(format!("bad probe address {probe}")))?;
+            geoip.country(ip).map_err(|e| open_err(e.to_string()))?;
+        }
+        Ok(geoip)
+    }
+
+    /// Walks the whole database, checking every record (slow: `rotator check` only).
+    pub fn verify(&self) -> Result<(), GeoIpError> {
+        self.reader.verify().map_err(|e| GeoIpError::Open { path: self.path.clone(), message: e.to_string() })
+    }
+
+    /// The file this was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `database_type` from the metadata, e.g. "GeoIP2-Country".
+    pub fn database_type(&self) -> &str {
+        &self.reader.metadata().database_type
+    }
+
+    /// Build time of the database, seconds since the Unix epoch.
+    pub fn build_epoch(&self) -> u64 {
+        self.reader.metadata().build_epoch
+    }
+
+    /// The country of `ip`, or `None` when the database has no country for it.
+    pub fn country(&self, ip: IpAddr) -> Result<Option<Country>, GeoIpError> {
+        let ip = canonical(ip);
+        let lookup_err = |e: maxminddb::MaxMindDbError| GeoIpError::Lookup { ip, message: e.to_string() };
+        let result = self.reader.lookup(ip).map_err(lookup_err)?;
+        let Some(record) = result.decode::<Record<'_>>().map_err(lookup_err)? else {
+            return Ok(None);
+        };
+        let code = record.country.and_then(|c| c.iso_code).or(record.country_code);
+        Ok(code.and_then(Country::parse))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/geoip");
+
+    fn check_expected(db: &str) -> usize {
+        let geoip = GeoIp::open(&Path::new(SHARED).join(format!("{db}.mmdb"))).unwrap();
+        let tsv = std::fs::read_to_string(Path::new(SHARED).join(format!("{db}.expected-country.tsv"))).unwrap();
+        let mut checked = 0;
+        for line in tsv.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            let f: Vec<&str> = line.split('\t').collect();
+            let ip: IpAddr = f[0].parse().unwrap();
+            let got = geoip.country(ip).unwrap();
+            let want = Country::parse(f[2]);
+            assert_eq!(got, want, "{db}: {ip}");
+            checked += 1;
+        }
+        checked
+    }
+
+    #[test]
+    fn maxmind_test_databases_give_expected_countries() {
+        for db in ["GeoIP2-Country-Test", "GeoLite2-Country-Test", "GeoIP2-City-Test", "GeoLite2-City-Test"] {
+            assert!(check_expected(db) > 10, "{db}");
+        }
+    }
+
+    #[test]
+    fn bundled_flat_database_and_mapped_addresses() {
+        let geoip = GeoIp::open(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/data/country.mmdb"))).unwrap();
+        let tsv = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/data/geoip-full/expected-lookups.tsv"
+        ))
+        .unwrap();
+        let mut checked = 0;
+        for line in tsv.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            let f: Vec<&str> = line.split('\t').collect();
+            let ip: IpAddr = f[0].parse().unwrap();
+            let want = if f[0].starts_with("::ffff:") { Some("RU") } else { Some(f[1]).filter(|c| !c.is_empty()) };
+            assert_eq!(geoip.country(ip).unwrap().as_ref().map(Country::as_str), want, "{ip}");
+            checked += 1;
+        }
+        assert!(checked >= 13);
+    }
+
+    #[test]
+    fn addresses_outside_the_test_database_have_no_country() {
+        let geoip = GeoIp::open(&Path::new(SHARED).join("GeoIP2-Country-Test.mmdb")).unwrap();
+        for ip in ["8.8.8.8", "1.1.1.1", "127.0.0.1", "2001:4860:4860::8888"] {
+            assert_eq!(geoip.country(ip.parse().unwrap()).unwrap(), None, "{ip}");
+        }
+    }
+
+    #[test]
+    fn broken_databases_give_errors_not_panics() {
+        let bad = Path::new(SHARED).join("bad");
+        let mut refused = 0;
+        for entry in std::fs::read_dir(&bad).unwrap() {
+            let path = entry.unwrap().path();
+            match GeoIp::open(&path) {
+                Err(e) => {
+                    assert!(e.to_string().contains(&*path.to_string_lossy()), "{e}");
+                    refused += 1;
+                }
+                // Some files are merely unusual; lookups must still not panic.
+                Ok(g) => {
+                    for ip in ["1.1.1.1", "81.2.69.160", "::1"] {
+                        let _ = g.country(ip.parse().unwrap());
+                    }
+                }
+            }
+        }
+        assert!(refused >= 1);
+        let err = GeoIp::open(Path::new("/nonexistent/country.mmdb")).err().unwrap().to_string();
+        assert!(err.contains("/nonexistent/country.mmdb") && err.contains("no such file"), "{err}");
+        let not_db = GeoIp::open(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))).err().unwrap();
+        assert!(not_db.to_string().contains("Cargo.toml"));
+    }
+
+    #[test]
+    fn country_codes() {
+        assert_eq!(Country::parse("de").unwrap().as_str(), "DE");
+        assert!(Country::parse("DEU").is_none());
+        assert!(Country::parse("1A").is_none());
+        assert!(Country::parse("").is_none());
+    }
+}
