@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     impressions BIGINT UNSIGNED  NOT NULL DEFAULT 0,
     clicks      BIGINT UNSIGNED  NOT NULL DEFAULT 0,
     PRIMARY KEY (ts, country, os, browser, device, campaign_id)
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 
 -- Batches already applied: written in the same transaction as the batch's rows.
 CREATE TABLE IF NOT EXISTS rotator_batches (

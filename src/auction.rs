@@ -29,7 +29,9 @@ pub fn run<'a>(catalogue: &'a Catalogue, visitor: &Visitor, bots_win: bool) -> O
         return Outcome::Bot;
     }
     match catalogue.index().best(visitor, |n| fastrand::usize(..n)) {
-        Some(position) => catalogue.get(position).map_or(Outcome::NoFill, Outcome::Won),
+        Some(position) => catalogue
+            .get(position)
+            .map_or(Outcome::NoFill, Outcome::Won),
         None => Outcome::NoFill,
     }
 }
@@ -63,7 +65,12 @@ pub fn exclusion_reason(campaign: &Campaign, visitor: &Visitor, bots_win: bool) 
         return Some("visitor is a bot; bots never win (server.bots_win = false)".into());
     }
     if !t.countries.is_empty() {
-        let wanted = t.countries.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ");
+        let wanted = t
+            .countries
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         match visitor.country {
             None => return Some(format!("country: unknown, campaign wants {wanted}")),
             Some(c) if !t.countries.contains(&c) => {
@@ -75,17 +82,33 @@ pub fn exclusion_reason(campaign: &Campaign, visitor: &Visitor, bots_win: bool) 
     let browser = agent.browser.name();
     let group = browser_group(&browser);
     if !t.browsers.is_empty()
-        && !t.browsers.iter().any(|b| b.eq_ignore_ascii_case(&browser) || group.is_some_and(|g| b.eq_ignore_ascii_case(g)))
+        && !t.browsers.iter().any(|b| {
+            b.eq_ignore_ascii_case(&browser) || group.is_some_and(|g| b.eq_ignore_ascii_case(g))
+        })
     {
-        return Some(format!("browser: visitor has {browser}, campaign wants {}", t.browsers.join(", ")));
+        return Some(format!(
+            "browser: visitor has {browser}, campaign wants {}",
+            t.browsers.join(", ")
+        ));
     }
     let os = agent.os.name();
     if !t.os.is_empty() && !t.os.iter().any(|o| o.eq_ignore_ascii_case(&os)) {
-        return Some(format!("os: visitor has {os}, campaign wants {}", t.os.join(", ")));
+        return Some(format!(
+            "os: visitor has {os}, campaign wants {}",
+            t.os.join(", ")
+        ));
     }
     if !t.devices.is_empty() && !t.devices.contains(&agent.device) {
-        let wanted = t.devices.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ");
-        return Some(format!("device: visitor is {}, campaign wants {wanted}", agent.device.as_str()));
+        let wanted = t
+            .devices
+            .iter()
+            .map(|d| d.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Some(format!(
+            "device: visitor is {}, campaign wants {wanted}",
+            agent.device.as_str()
+        ));
     }
     None
 }
@@ -118,16 +141,22 @@ mod tests {
 
     const CHROME_WIN: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
     const CHROME_ANDROID: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36";
-    const FIREFOX_LINUX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0";
+    const FIREFOX_LINUX: &str =
+        "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0";
     const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1";
-    const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+    const GOOGLEBOT: &str =
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
 
     fn catalogue(text: &str) -> Catalogue {
         Catalogue::new(file::parse(text).unwrap(), "test.toml".into())
     }
 
     fn visitor(country: Option<&str>, ua: &str) -> Visitor {
-        Visitor { ip: IpAddr::from([1, 2, 3, 4]), country: country.and_then(Country::parse), agent: UA.parse(ua) }
+        Visitor {
+            ip: IpAddr::from([1, 2, 3, 4]),
+            country: country.and_then(Country::parse),
+            agent: UA.parse(ua),
+        }
     }
 
     fn winner(c: &Catalogue, v: &Visitor) -> Option<u32> {
@@ -159,12 +188,23 @@ targeting = { browsers = ["Firefox"] }
     fn seed_campaigns() {
         let c = catalogue(SEED);
         assert_eq!(winner(&c, &visitor(Some("RU"), CHROME_WIN)), Some(1));
-        assert_eq!(winner(&c, &visitor(Some("DE"), CHROME_ANDROID)), Some(2), "Chrome matches Chrome Mobile");
+        assert_eq!(
+            winner(&c, &visitor(Some("DE"), CHROME_ANDROID)),
+            Some(2),
+            "Chrome matches Chrome Mobile"
+        );
         assert_eq!(winner(&c, &visitor(Some("US"), FIREFOX_LINUX)), Some(3));
-        assert_eq!(winner(&c, &visitor(None, FIREFOX_LINUX)), Some(3), "unknown country still runs");
+        assert_eq!(
+            winner(&c, &visitor(None, FIREFOX_LINUX)),
+            Some(3),
+            "unknown country still runs"
+        );
         assert_eq!(winner(&c, &visitor(None, CHROME_WIN)), None);
         assert_eq!(winner(&c, &visitor(Some("US"), IPHONE)), None);
-        assert!(matches!(run(&c, &visitor(Some("RU"), GOOGLEBOT), false), Outcome::Bot));
+        assert!(matches!(
+            run(&c, &visitor(Some("RU"), GOOGLEBOT), false),
+            Outcome::Bot
+        ));
     }
 
     #[test]
@@ -195,8 +235,14 @@ targeting = { browsers = ["Firefox"] }
             // Ids 1..=3 share the top bid and sit in different words of the bitset (positions
             // 0..3 after sorting); 10 targets only Firefox so it is tied but not eligible.
             let bid = if id <= 3 || id == 10 { 5.0 } else { 1.0 };
-            let targeting = if id == 10 { "targeting = { browsers = [\"Firefox\"] }\n" } else { "" };
-            text.push_str(&format!("[[campaign]]\nid = {id}\nurl = \"https://a.b\"\nbid = {bid}\n{targeting}"));
+            let targeting = if id == 10 {
+                "targeting = { browsers = [\"Firefox\"] }\n"
+            } else {
+                ""
+            };
+            text.push_str(&format!(
+                "[[campaign]]\nid = {id}\nurl = \"https://a.b\"\nbid = {bid}\n{targeting}"
+            ));
         }
         let c = catalogue(&text);
         let v = visitor(None, CHROME_WIN);
@@ -218,9 +264,21 @@ targeting = { browsers = ["Firefox"] }
         let c = catalogue(
             "[[campaign]]\nid = 1\nurl = \"https://a.b\"\nbid = 1\ntargeting = { browsers = [\"safari\"], os = [\"ios\"], devices = [\"mobile\"] }\n[[campaign]]\nid = 2\nurl = \"https://a.b\"\nbid = 2\ntargeting = { browsers = [\"Chrome Mobile\"] }\n",
         );
-        assert_eq!(winner(&c, &visitor(None, IPHONE)), Some(1), "Safari matches Mobile Safari");
-        assert_eq!(winner(&c, &visitor(None, CHROME_ANDROID)), Some(2), "exact variant");
-        assert_eq!(winner(&c, &visitor(None, CHROME_WIN)), None, "variant does not match base");
+        assert_eq!(
+            winner(&c, &visitor(None, IPHONE)),
+            Some(1),
+            "Safari matches Mobile Safari"
+        );
+        assert_eq!(
+            winner(&c, &visitor(None, CHROME_ANDROID)),
+            Some(2),
+            "exact variant"
+        );
+        assert_eq!(
+            winner(&c, &visitor(None, CHROME_WIN)),
+            None,
+            "variant does not match base"
+        );
     }
 
     /// The index must agree with the plain rules for every visitor: a pseudo-random catalogue of
@@ -228,14 +286,24 @@ targeting = { browsers = ["Firefox"] }
     #[test]
     fn index_agrees_with_explain() {
         let countries = ["RU", "DE", "US", "GB", "FR", "JP", "BR", "IN"];
-        let browsers = ["Chrome", "Firefox", "Safari", "Chrome Mobile", "Edge", "Opera", "Samsung Internet"];
+        let browsers = [
+            "Chrome",
+            "Firefox",
+            "Safari",
+            "Chrome Mobile",
+            "Edge",
+            "Opera",
+            "Samsung Internet",
+        ];
         let oses = ["Windows", "Android", "iOS", "Mac OS X", "Linux"];
         let devices = ["desktop", "mobile", "tablet", "other", "bot"];
         let mut rng = fastrand::Rng::with_seed(7);
         let mut text = String::new();
         let pick = |rng: &mut fastrand::Rng, list: &[&str]| -> String {
             let n = rng.usize(0..3);
-            let items: Vec<String> = (0..n).map(|_| format!("{:?}", list[rng.usize(..list.len())])).collect();
+            let items: Vec<String> = (0..n)
+                .map(|_| format!("{:?}", list[rng.usize(..list.len())]))
+                .collect();
             format!("[{}]", items.join(", "))
         };
         for id in 1..=2000 {
@@ -250,7 +318,15 @@ targeting = { browsers = ["Firefox"] }
             ));
         }
         let c = catalogue(&text);
-        let uas = [CHROME_WIN, CHROME_ANDROID, FIREFOX_LINUX, IPHONE, GOOGLEBOT, "", "curl/8.0"];
+        let uas = [
+            CHROME_WIN,
+            CHROME_ANDROID,
+            FIREFOX_LINUX,
+            IPHONE,
+            GOOGLEBOT,
+            "",
+            "curl/8.0",
+        ];
         for country in countries.iter().map(|c| Some(*c)).chain([None, Some("NZ")]) {
             for ua in uas {
                 let v = visitor(country, ua);
@@ -259,7 +335,11 @@ targeting = { browsers = ["Firefox"] }
                     let indexed: Vec<u32> = if v.agent.is_bot() && !bots_win {
                         Vec::new()
                     } else {
-                        c.index().eligible(&v).into_iter().map(|p| c.campaigns()[p].id).collect()
+                        c.index()
+                            .eligible(&v)
+                            .into_iter()
+                            .map(|p| c.campaigns()[p].id)
+                            .collect()
                     };
                     assert_eq!(indexed, explained, "{country:?} {ua}");
                     if let Some(first) = explained.first() {
@@ -279,7 +359,19 @@ targeting = { browsers = ["Firefox"] }
         let c = catalogue(SEED);
         let e = explain(&c, &visitor(Some("DE"), FIREFOX_LINUX), false);
         assert_eq!(e.eligible, [3]);
-        assert_eq!(e.excluded[0], Exclusion { id: 1, reason: "country: visitor is DE, campaign wants RU".into() });
-        assert!(e.excluded[1].reason.starts_with("browser: visitor has Firefox"), "{:?}", e.excluded);
+        assert_eq!(
+            e.excluded[0],
+            Exclusion {
+                id: 1,
+                reason: "country: visitor is DE, campaign wants RU".into()
+            }
+        );
+        assert!(
+            e.excluded[1]
+                .reason
+                .starts_with("browser: visitor has Firefox"),
+            "{:?}",
+            e.excluded
+        );
     }
 }

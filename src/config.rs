@@ -138,7 +138,9 @@ pub struct GeoipConfig {
 
 impl Default for GeoipConfig {
     fn default() -> Self {
-        Self { database: "data/country.mmdb".into() }
+        Self {
+            database: "data/country.mmdb".into(),
+        }
     }
 }
 
@@ -155,7 +157,10 @@ pub struct CampaignsConfig {
 
 impl Default for CampaignsConfig {
     fn default() -> Self {
-        Self { file: "campaigns.toml".into(), watch_interval: Duration::from_secs(1) }
+        Self {
+            file: "campaigns.toml".into(),
+            watch_interval: Duration::from_secs(1),
+        }
     }
 }
 
@@ -169,7 +174,9 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8082".into() }
+        Self {
+            listen: "127.0.0.1:8082".into(),
+        }
     }
 }
 
@@ -258,7 +265,9 @@ pub struct SqliteConfig {
 
 impl Default for SqliteConfig {
     fn default() -> Self {
-        Self { path: "data/stats.db".into() }
+        Self {
+            path: "data/stats.db".into(),
+        }
     }
 }
 
@@ -302,7 +311,10 @@ pub struct MysqlConfig {
 
 impl Default for MysqlConfig {
     fn default() -> Self {
-        Self { url: "mysql://rotator:rotator@127.0.0.1:3306/rotator".into(), table: "stats".into() }
+        Self {
+            url: "mysql://rotator:rotator@127.0.0.1:3306/rotator".into(),
+            table: "stats".into(),
+        }
     }
 }
 
@@ -328,7 +340,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".into() }
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
     }
 }
 
@@ -349,24 +364,36 @@ impl Config {
             Some(p) => (Some(p.to_path_buf()), Some(read(p)?)),
             None => {
                 let p = Path::new(DEFAULT_CONFIG_FILE);
-                if p.exists() { (Some(p.to_path_buf()), Some(read(p)?)) } else { (None, None) }
+                if p.exists() {
+                    (Some(p.to_path_buf()), Some(read(p)?))
+                } else {
+                    (None, None)
+                }
             }
         };
-        let source_name =
-            file.as_ref().map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
+        let source_name = file
+            .as_ref()
+            .map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
         let mut table: toml::Table = match &text {
-            Some(t) => toml::from_str(t)
-                .map_err(|e| ConfigError::Parse { path: source_name.clone(), message: one_line(&e.to_string()) })?,
+            Some(t) => toml::from_str(t).map_err(|e| ConfigError::Parse {
+                path: source_name.clone(),
+                message: one_line(&e.to_string()),
+            })?,
             None => toml::Table::new(),
         };
         // Check the file alone first, so an unknown key is reported against the file.
         if let Some(t) = &text {
-            toml::from_str::<Config>(t)
-                .map_err(|e| ConfigError::Parse { path: source_name.clone(), message: one_line(&e.to_string()) })?;
+            toml::from_str::<Config>(t).map_err(|e| ConfigError::Parse {
+                path: source_name.clone(),
+                message: one_line(&e.to_string()),
+            })?;
         }
         let unknown_env = apply_env(&mut table, env)?;
-        let mut config = Config::deserialize(toml::Value::Table(table))
-            .map_err(|e| ConfigError::Parse { path: source_name.clone(), message: e.to_string() })?;
+        let mut config =
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+                path: source_name.clone(),
+                message: e.to_string(),
+            })?;
         config.source_name = source_name;
         config.unknown_env = unknown_env;
         let base = match file.as_deref().and_then(Path::parent) {
@@ -392,7 +419,12 @@ impl Config {
     }
 
     fn invalid(&self, section: &'static str, key: &'static str, message: String) -> ConfigError {
-        ConfigError::Invalid { source_name: self.source_name.clone(), section, key, message }
+        ConfigError::Invalid {
+            source_name: self.source_name.clone(),
+            section,
+            key,
+            message,
+        }
     }
 
     /// Checks values that parse but cannot work.
@@ -407,7 +439,11 @@ impl Config {
             return Err(self.invalid("stats", "flush_interval", "must be more than zero".into()));
         }
         if self.campaigns.watch_interval.is_zero() {
-            return Err(self.invalid("campaigns", "watch_interval", "must be more than zero".into()));
+            return Err(self.invalid(
+                "campaigns",
+                "watch_interval",
+                "must be more than zero".into(),
+            ));
         }
         if self.stats.write_timeout.is_zero() {
             return Err(self.invalid("stats", "write_timeout", "must be more than zero".into()));
@@ -421,7 +457,14 @@ impl Config {
     /// The ad-serving listener address.
     pub fn server_listen(&self) -> Result<SocketAddr, ConfigError> {
         self.server.listen.parse().map_err(|_| {
-            self.invalid("server", "listen", format!("{:?} is not an address like 0.0.0.0:8080", self.server.listen))
+            self.invalid(
+                "server",
+                "listen",
+                format!(
+                    "{:?} is not an address like 0.0.0.0:8080",
+                    self.server.listen
+                ),
+            )
         })
     }
 
@@ -434,7 +477,10 @@ impl Config {
             self.invalid(
                 "metrics",
                 "listen",
-                format!("{:?} is not an address like 127.0.0.1:8082", self.metrics.listen),
+                format!(
+                    "{:?} is not an address like 127.0.0.1:8082",
+                    self.metrics.listen
+                ),
             )
         })
     }
@@ -448,19 +494,33 @@ impl Config {
 
 /// A TOML error (multi-line, with a source excerpt) as one line.
 pub fn one_line(message: &str) -> String {
-    let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|'));
+    let mut lines = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|'));
     let head = lines.next().unwrap_or_default().to_string();
-    let rest: Vec<&str> = lines.filter(|l| !l.chars().next().is_some_and(|c| c.is_ascii_digit())).collect();
-    if rest.is_empty() { head } else { format!("{head} {}", rest.join(" ")) }
+    let rest: Vec<&str> = lines
+        .filter(|l| !l.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .collect();
+    if rest.is_empty() {
+        head
+    } else {
+        format!("{head} {}", rest.join(" "))
+    }
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Accepts absolute `http` and `https` URLs that can be sent in a `Location` header.
 pub fn check_url(url: &str) -> Result<(), String> {
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
         Some(other) => return Err(format!("{url:?}: scheme {other:?} is not http or https")),
@@ -490,22 +550,36 @@ fn apply_env(
     collect_leaves(&defaults, &mut Vec::new(), &mut leaves);
     let mut unknown = Vec::new();
     for (var, raw) in env {
-        let Some(rest) = var.strip_prefix(ENV_PREFIX) else { continue };
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
         if var.starts_with(ENV_TEST_PREFIX) {
             continue;
         }
-        let Some((path, default)) = leaves.iter().find(|(p, _)| p.join("_").to_uppercase() == rest)
+        let Some((path, default)) = leaves
+            .iter()
+            .find(|(p, _)| p.join("_").to_uppercase() == rest)
         else {
             unknown.push(var);
             continue;
         };
-        let value = env_value(default, &raw).map_err(|message| ConfigError::Env { var: var.clone(), message })?;
-        insert_path(table, path, value).map_err(|message| ConfigError::Env { var: var.clone(), message })?;
+        let value = env_value(default, &raw).map_err(|message| ConfigError::Env {
+            var: var.clone(),
+            message,
+        })?;
+        insert_path(table, path, value).map_err(|message| ConfigError::Env {
+            var: var.clone(),
+            message,
+        })?;
     }
     Ok(unknown)
 }
 
-fn collect_leaves(table: &toml::Table, prefix: &mut Vec<String>, out: &mut Vec<(Vec<String>, toml::Value)>) {
+fn collect_leaves(
+    table: &toml::Table,
+    prefix: &mut Vec<String>,
+    out: &mut Vec<(Vec<String>, toml::Value)>,
+) {
     for (key, value) in table {
         prefix.push(key.clone());
         match value {
@@ -518,12 +592,16 @@ fn collect_leaves(table: &toml::Table, prefix: &mut Vec<String>, out: &mut Vec<(
 
 fn env_value(default: &toml::Value, raw: &str) -> Result<toml::Value, String> {
     Ok(match default {
-        toml::Value::Integer(_) => {
-            toml::Value::Integer(raw.trim().parse().map_err(|_| format!("{raw:?} is not an integer"))?)
-        }
-        toml::Value::Boolean(_) => {
-            toml::Value::Boolean(raw.trim().parse().map_err(|_| format!("{raw:?} is not true or false"))?)
-        }
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("{raw:?} is not an integer"))?,
+        ),
+        toml::Value::Boolean(_) => toml::Value::Boolean(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("{raw:?} is not true or false"))?,
+        ),
         toml::Value::Array(_) => toml::Value::Array(
             raw.split(',')
                 .map(str::trim)
@@ -539,8 +617,12 @@ fn insert_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> 
     let (last, sections) = path.split_last().ok_or("empty key")?;
     let mut current = table;
     for section in sections {
-        let entry = current.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        current = entry.as_table_mut().ok_or_else(|| format!("[{section}] in the file is not a table"))?;
+        let entry = current
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("[{section}] in the file is not a table"))?;
     }
     current.insert(last.clone(), value);
     Ok(())
@@ -559,7 +641,9 @@ mod duration_str {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("{text:?} is not a duration like \"500ms\", \"10s\" or \"1m\": {e}"))
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration like \"500ms\", \"10s\" or \"1m\": {e}"
+            ))
         })
     }
 }
@@ -585,14 +669,22 @@ mod tests {
         assert_eq!(c.server.listen, "0.0.0.0:8080");
         assert_eq!(c.stats.flush_interval, Duration::from_secs(10));
         assert!(c.geoip.database.ends_with("data/country.mmdb"));
-        assert!(c.geoip.database.parent().unwrap().parent().unwrap().ends_with(
-            c.campaigns.file.parent().unwrap().file_name().unwrap()
-        ));
+        assert!(
+            c.geoip
+                .database
+                .parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .ends_with(c.campaigns.file.parent().unwrap().file_name().unwrap())
+        );
     }
 
     #[test]
     fn unknown_key_is_named() {
-        let err = load("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n", &[]).unwrap_err().to_string();
+        let err = load("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lisen"), "{err}");
         assert!(err.contains("line 3"), "{err}");
     }
@@ -618,7 +710,9 @@ mod tests {
 
     #[test]
     fn bad_env_is_named() {
-        let err = load("", &[("ROTATOR_STATS_MAX_PENDING_ROWS", "many")]).unwrap_err().to_string();
+        let err = load("", &[("ROTATOR_STATS_MAX_PENDING_ROWS", "many")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ROTATOR_STATS_MAX_PENDING_ROWS"), "{err}");
         let c = load("", &[("ROTATOR_SERVER_LISTN", "x")]).unwrap();
         assert_eq!(c.unknown_env, ["ROTATOR_SERVER_LISTN"]);
@@ -626,13 +720,21 @@ mod tests {
 
     #[test]
     fn invalid_values_are_named() {
-        let err = load("[server]\ndefault_url = \"ftp://x\"\n", &[]).unwrap_err().to_string();
+        let err = load("[server]\ndefault_url = \"ftp://x\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("default_url"), "{err}");
-        let err = load("[server]\nlisten = \"nowhere\"\n", &[]).unwrap_err().to_string();
+        let err = load("[server]\nlisten = \"nowhere\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listen"), "{err}");
-        let err = load("[stats]\nflush_interval = \"soon\"\n", &[]).unwrap_err().to_string();
+        let err = load("[stats]\nflush_interval = \"soon\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("soon"), "{err}");
-        let err = load("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", &[]).unwrap_err().to_string();
+        let err = load("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("trusted_proxies"), "{err}");
     }
 

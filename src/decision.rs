@@ -83,7 +83,9 @@ impl Decider {
     pub fn decide(&self, peer: IpAddr, headers: &HeaderMap) -> HeaderValue {
         let ip = self.proxies.client_ip(peer, headers);
         // Any UTF-8 agent is accepted (not only visible ASCII); anything else is "unknown".
-        let ua = headers.get(USER_AGENT).and_then(|v| std::str::from_utf8(v.as_bytes()).ok());
+        let ua = headers
+            .get(USER_AGENT)
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok());
         let (visitor, cache, geo_ok) = self.visitor(ip, ua);
         let catalogue = self.catalogue.load();
         let outcome = auction::run(&catalogue, &visitor, self.bots_win);
@@ -96,7 +98,13 @@ impl Decider {
 
     /// Counts one decision: one statistics row increment and the metrics.
     #[inline]
-    pub fn record(&self, visitor: &Visitor, outcome: &Outcome<'_>, cache: CacheOutcome, geo_ok: bool) {
+    pub fn record(
+        &self,
+        visitor: &Visitor,
+        outcome: &Outcome<'_>,
+        cache: CacheOutcome,
+        geo_ok: bool,
+    ) {
         let campaign_id = match outcome {
             Outcome::Won(c) => c.id,
             _ => 0,
@@ -111,7 +119,12 @@ impl Decider {
                 campaign_id,
             });
         }
-        self.metrics.observe_decision(outcome, !geo_ok, visitor.country.is_some(), cache == CacheOutcome::Hit);
+        self.metrics.observe_decision(
+            outcome,
+            !geo_ok,
+            visitor.country.is_some(),
+            cache == CacheOutcome::Hit,
+        );
     }
 
     /// Explains the decision for `ip` and `ua` without counting it.
@@ -121,7 +134,10 @@ impl Decider {
         let explanation = auction::explain(&catalogue, &visitor, self.bots_win);
         let (winner, url) = match auction::run(&catalogue, &visitor, self.bots_win) {
             Outcome::Won(c) => (Some(c.id), c.url.clone()),
-            _ => (None, String::from_utf8_lossy(self.default_location.as_bytes()).into_owned()),
+            _ => (
+                None,
+                String::from_utf8_lossy(self.default_location.as_bytes()).into_owned(),
+            ),
         };
         Explained {
             ip: visitor.ip,

@@ -88,11 +88,24 @@ fn main() {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config_path.as_deref()),
         Command::Check => check(config_path.as_deref()),
-        Command::Explain { ip, ua, stdin } => explain(config_path.as_deref(), ip, &ua, stdin.is_some()),
-        Command::Migrate => migrate(config_path.as_deref()),
-        Command::Report { since, from, to, by, format } => {
-            report(config_path.as_deref(), since.as_deref(), from.as_deref(), to.as_deref(), &by, format)
+        Command::Explain { ip, ua, stdin } => {
+            explain(config_path.as_deref(), ip, &ua, stdin.is_some())
         }
+        Command::Migrate => migrate(config_path.as_deref()),
+        Command::Report {
+            since,
+            from,
+            to,
+            by,
+            format,
+        } => report(
+            config_path.as_deref(),
+            since.as_deref(),
+            from.as_deref(),
+            to.as_deref(),
+            &by,
+            format,
+        ),
     };
     if let Err(e) = result {
         eprintln!("rotator: error: {}", format!("{e:#}").replace('\n', " "));
@@ -104,7 +117,9 @@ fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -126,10 +141,19 @@ fn load_core(config: Config) -> Result<Core> {
     let geoip = Arc::new(GeoIp::open(&config.geoip.database)?);
     let catalogue = Catalogue::load(&config.campaigns.file)?;
     let agents = UserAgentParser::new()?;
-    Ok(Core { config, geoip, catalogue: Arc::new(ArcSwap::from_pointee(catalogue)), agents })
+    Ok(Core {
+        config,
+        geoip,
+        catalogue: Arc::new(ArcSwap::from_pointee(catalogue)),
+        agents,
+    })
 }
 
-fn decider(core: &Core, metrics: Arc<Metrics>, stats: Option<Arc<rotator::stats::aggregator::Aggregator>>) -> Result<Decider> {
+fn decider(
+    core: &Core,
+    metrics: Arc<Metrics>,
+    stats: Option<Arc<rotator::stats::aggregator::Aggregator>>,
+) -> Result<Decider> {
     Ok(Decider {
         geoip: core.geoip.clone(),
         agents: core.agents.clone(),
@@ -148,13 +172,20 @@ fn serve(path: Option<&Path>) -> Result<()> {
     let core = load_core(config)?;
     let config = &core.config;
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
     let metrics = Metrics::new();
     let (listeners_stop, listeners_rx) = shutdown::channel();
     let (stats_stop, stats_rx) = shutdown::channel();
     let grace = config.server.shutdown_grace;
     let stats = Stats::start(&config.stats, workers * 2, metrics.clone(), stats_rx, grace)?;
-    let decider = Arc::new(decider(&core, metrics.clone(), Some(stats.aggregator.clone()))?);
+    let decider = Arc::new(decider(
+        &core,
+        metrics.clone(),
+        Some(stats.aggregator.clone()),
+    )?);
     {
         let catalogue = core.catalogue.load();
         metrics.campaigns_active.set(catalogue.active() as i64);
@@ -178,8 +209,16 @@ fn serve(path: Option<&Path>) -> Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {} (metrics)", config.metrics.listen))?;
             tracing::info!("metrics listening on {}", listener.local_addr()?);
-            let admin = Arc::new(AdminRoutes { metrics: metrics.clone(), catalogue: core.catalogue.clone() });
-            tasks.push(tokio::spawn(server::serve(listener, admin, listeners_rx.clone(), grace)));
+            let admin = Arc::new(AdminRoutes {
+                metrics: metrics.clone(),
+                catalogue: core.catalogue.clone(),
+            });
+            tasks.push(tokio::spawn(server::serve(
+                listener,
+                admin,
+                listeners_rx.clone(),
+                grace,
+            )));
         }
         tokio::spawn(reload::watch(
             config.campaigns.file.clone(),
@@ -188,7 +227,12 @@ fn serve(path: Option<&Path>) -> Result<()> {
             metrics.clone(),
             listeners_rx.clone(),
         ));
-        let ads = tokio::spawn(server::serve(ad_listener, Arc::new(AdRoutes { decider }), listeners_rx, grace));
+        let ads = tokio::spawn(server::serve(
+            ad_listener,
+            Arc::new(AdRoutes { decider }),
+            listeners_rx,
+            grace,
+        ));
         let signal = shutdown::signal().await?;
         tracing::info!("{signal}: stopping; in-flight requests have {grace:?} to finish");
         listeners_stop.fire();
@@ -207,17 +251,27 @@ fn serve(path: Option<&Path>) -> Result<()> {
 fn check(path: Option<&Path>) -> Result<()> {
     let core = load_core(Config::load(path)?)?;
     let c = &core.config;
-    core.geoip.verify()?;
     let catalogue = core.catalogue.load();
     let mut out = std::io::stdout().lock();
     writeln!(out, "config:    {}", c.source_name)?;
-    writeln!(out, "listen:    ads {}, metrics {}", c.server.listen, if c.metrics.listen.is_empty() { "off" } else { &c.metrics.listen })?;
+    writeln!(
+        out,
+        "listen:    ads {}, metrics {}",
+        c.server.listen,
+        if c.metrics.listen.is_empty() {
+            "off"
+        } else {
+            &c.metrics.listen
+        }
+    )?;
     writeln!(
         out,
         "geoip:     {} ({}, built {})",
         core.geoip.path().display(),
         core.geoip.database_type(),
-        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(core.geoip.build_epoch()))
+        humantime::format_rfc3339_seconds(
+            UNIX_EPOCH + Duration::from_secs(core.geoip.build_epoch())
+        )
     )?;
     writeln!(
         out,
@@ -226,7 +280,12 @@ fn check(path: Option<&Path>) -> Result<()> {
         catalogue.campaigns().len(),
         catalogue.active()
     )?;
-    writeln!(out, "stats:     sink {}, flush every {}", c.stats.sink.as_str(), humantime::format_duration(c.stats.flush_interval))?;
+    writeln!(
+        out,
+        "stats:     sink {}, flush every {}",
+        c.stats.sink.as_str(),
+        humantime::format_duration(c.stats.flush_interval)
+    )?;
     writeln!(out, "ok")?;
     Ok(())
 }
@@ -249,7 +308,10 @@ fn explain(path: Option<&Path>, ip: Option<IpAddr>, ua: &str, stdin: bool) -> Re
         let (ip_text, ua) = line.split_once('\t').unwrap_or((line.as_str(), ""));
         match ip_text.trim().parse::<IpAddr>() {
             Ok(ip) => serde_json::to_writer(&mut out, &decider.explain(ip, ua))?,
-            Err(_) => serde_json::to_writer(&mut out, &serde_json::json!({ "line": n + 1, "error": format!("{ip_text:?} is not an IP address") }))?,
+            Err(_) => serde_json::to_writer(
+                &mut out,
+                &serde_json::json!({ "line": n + 1, "error": format!("{ip_text:?} is not an IP address") }),
+            )?,
         }
         writeln!(out)?;
     }
@@ -259,7 +321,9 @@ fn explain(path: Option<&Path>, ip: Option<IpAddr>, ua: &str, stdin: bool) -> Re
 fn migrate(path: Option<&Path>) -> Result<()> {
     let config = Config::load(path)?;
     let sink = Sink::open(&config.stats)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(sink.migrate())?;
     println!("{}: schema is in place", sink.name());
     Ok(())
@@ -269,18 +333,29 @@ fn parse_time(text: &str) -> Result<u32> {
     if let Ok(secs) = text.parse::<u32>() {
         return Ok(secs);
     }
-    let t = humantime::parse_rfc3339_weak(text).map_err(|e| anyhow!("{text:?} is not a time like 2026-11-24T10:00:00Z: {e}"))?;
+    let t = humantime::parse_rfc3339_weak(text)
+        .map_err(|e| anyhow!("{text:?} is not a time like 2026-11-24T10:00:00Z: {e}"))?;
     Ok(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as u32)
 }
 
-fn report(path: Option<&Path>, since: Option<&str>, from: Option<&str>, to: Option<&str>, by: &[String], format: Format) -> Result<()> {
+fn report(
+    path: Option<&Path>,
+    since: Option<&str>,
+    from: Option<&str>,
+    to: Option<&str>,
+    by: &[String],
+    format: Format,
+) -> Result<()> {
     let config = Config::load(path)?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as u32;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as u32;
     let to = to.map(parse_time).transpose()?.unwrap_or(now + 60);
     let from = match (since, from) {
         (_, Some(f)) => parse_time(f)?,
         (s, None) => {
-            let span = humantime::parse_duration(s.unwrap_or("1h")).map_err(|e| anyhow!("--since: {e}"))?;
+            let span = humantime::parse_duration(s.unwrap_or("1h"))
+                .map_err(|e| anyhow!("--since: {e}"))?;
             now.saturating_sub(span.as_secs() as u32)
         }
     };
@@ -289,11 +364,20 @@ fn report(path: Option<&Path>, since: Option<&str>, from: Option<&str>, to: Opti
     }
     let by = by
         .iter()
-        .map(|g| report::column(g.trim()).ok_or_else(|| anyhow!("--by {g:?}: choose from {}", report::GROUP_COLUMNS.join(", "))))
+        .map(|g| {
+            report::column(g.trim()).ok_or_else(|| {
+                anyhow!(
+                    "--by {g:?}: choose from {}",
+                    report::GROUP_COLUMNS.join(", ")
+                )
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
     let query = ReportQuery { from, to, by };
     let sink = Sink::open(&config.stats)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let rows = runtime.block_on(sink.report(&query))?;
     print!("{}", report::render(&query, rows, format));
     Ok(())

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 use crate::auction::Outcome;
 
@@ -23,7 +25,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// Flush duration buckets, seconds: 1 ms to 30 s.
-const FLUSH_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const FLUSH_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 /// The route label of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,19 +75,25 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric name");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric name");
-    registry.register(Box::new(g.clone())).expect("unique metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
     g
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric name");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
@@ -93,35 +103,56 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let registry = Registry::new();
         let latency_vec = HistogramVec::new(
-            HistogramOpts::new("rotator_http_request_duration_seconds", "Time to answer an HTTP request.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "rotator_http_request_duration_seconds",
+                "Time to answer an HTTP request.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["route", "status"],
         )
         .expect("valid metric");
-        registry.register(Box::new(latency_vec.clone())).expect("unique metric");
+        registry
+            .register(Box::new(latency_vec.clone()))
+            .expect("unique metric");
         let mut series = Vec::new();
         for route in ["ad", "other"] {
             for status in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
                 series.push(latency_vec.with_label_values(&[route, status]));
             }
         }
-        let decisions = counter_vec(&registry, "rotator_decisions_total", "Ad decisions by outcome.", &["outcome"]);
+        let decisions = counter_vec(
+            &registry,
+            "rotator_decisions_total",
+            "Ad decisions by outcome.",
+            &["outcome"],
+        );
         let stats_flush_duration = HistogramVec::new(
-            HistogramOpts::new("rotator_stats_flush_duration_seconds", "Time to write one batch to the sink.")
-                .buckets(FLUSH_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "rotator_stats_flush_duration_seconds",
+                "Time to write one batch to the sink.",
+            )
+            .buckets(FLUSH_BUCKETS.to_vec()),
             &["sink"],
         )
         .expect("valid metric");
-        registry.register(Box::new(stats_flush_duration.clone())).expect("unique metric");
+        registry
+            .register(Box::new(stats_flush_duration.clone()))
+            .expect("unique metric");
         let build_gauge = prometheus::IntGaugeVec::new(
             Opts::new("rotator_build_info", "Always 1; the version is a label."),
             &["version"],
         )
         .expect("valid metric");
-        build_gauge.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        registry.register(Box::new(build_gauge)).expect("unique metric");
+        build_gauge
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .register(Box::new(build_gauge))
+            .expect("unique metric");
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
             .expect("unique metric");
         Arc::new(Metrics {
             latency: LatencyByRoute { series },
@@ -129,11 +160,32 @@ impl Metrics {
             decisions_no_fill: decisions.with_label_values(&["no_fill"]),
             decisions_bot: decisions.with_label_values(&["bot"]),
             decisions_error: decisions.with_label_values(&["error"]),
-            wins: counter_vec(&registry, "rotator_campaign_wins_total", "Auctions won, by campaign.", &["campaign_id"]),
-            geoip_unknown: counter(&registry, "rotator_geoip_unknown_country_total", "Visitors whose country is unknown."),
-            ua_cache_hits: counter(&registry, "rotator_ua_cache_hits_total", "User-Agents found parsed in the cache."),
-            ua_cache_misses: counter(&registry, "rotator_ua_cache_misses_total", "User-Agents parsed in full."),
-            stats_rows_pending: gauge(&registry, "rotator_stats_rows_pending", "Statistics rows not yet written to the sink."),
+            wins: counter_vec(
+                &registry,
+                "rotator_campaign_wins_total",
+                "Auctions won, by campaign.",
+                &["campaign_id"],
+            ),
+            geoip_unknown: counter(
+                &registry,
+                "rotator_geoip_unknown_country_total",
+                "Visitors whose country is unknown.",
+            ),
+            ua_cache_hits: counter(
+                &registry,
+                "rotator_ua_cache_hits_total",
+                "User-Agents found parsed in the cache.",
+            ),
+            ua_cache_misses: counter(
+                &registry,
+                "rotator_ua_cache_misses_total",
+                "User-Agents parsed in full.",
+            ),
+            stats_rows_pending: gauge(
+                &registry,
+                "rotator_stats_rows_pending",
+                "Statistics rows not yet written to the sink.",
+            ),
             stats_flushes: counter_vec(
                 &registry,
                 "rotator_stats_flushes_total",
@@ -141,11 +193,32 @@ impl Metrics {
                 &["sink", "result"],
             ),
             stats_flush_duration,
-            stats_spool_bytes: gauge(&registry, "rotator_stats_spool_bytes", "Bytes in the statistics spool."),
-            stats_spool_batches: gauge(&registry, "rotator_stats_spool_batches", "Batches in the statistics spool."),
-            stats_rows_lost: counter(&registry, "rotator_stats_rows_lost_total", "Statistics rows that could be neither written nor spooled."),
-            reloads: counter_vec(&registry, "rotator_campaign_reloads_total", "Campaign file reloads by result.", &["result"]),
-            campaigns_active: gauge(&registry, "rotator_campaigns_active", "Active campaigns in the current catalogue."),
+            stats_spool_bytes: gauge(
+                &registry,
+                "rotator_stats_spool_bytes",
+                "Bytes in the statistics spool.",
+            ),
+            stats_spool_batches: gauge(
+                &registry,
+                "rotator_stats_spool_batches",
+                "Batches in the statistics spool.",
+            ),
+            stats_rows_lost: counter(
+                &registry,
+                "rotator_stats_rows_lost_total",
+                "Statistics rows that could be neither written nor spooled.",
+            ),
+            reloads: counter_vec(
+                &registry,
+                "rotator_campaign_reloads_total",
+                "Campaign file reloads by result.",
+                &["result"],
+            ),
+            campaigns_active: gauge(
+                &registry,
+                "rotator_campaigns_active",
+                "Active campaigns in the current catalogue.",
+            ),
             stats_ready: AtomicBool::new(true),
             registry,
         })
@@ -164,7 +237,13 @@ impl Metrics {
     /// Counts one decision. `error` marks a decision made despite a failure (a broken GeoIP
     /// record): it counts as outcome `error`, whatever the auction said.
     #[inline]
-    pub fn observe_decision(&self, outcome: &Outcome<'_>, error: bool, country_known: bool, ua_cache_hit: bool) {
+    pub fn observe_decision(
+        &self,
+        outcome: &Outcome<'_>,
+        error: bool,
+        country_known: bool,
+        ua_cache_hit: bool,
+    ) {
         if let Outcome::Won(c) = outcome {
             let mut id = itoa::Buffer::new();
             self.wins.with_label_values(&[id.format(c.id)]).inc();
@@ -178,29 +257,43 @@ impl Metrics {
         if !country_known {
             self.geoip_unknown.inc();
         }
-        if ua_cache_hit { self.ua_cache_hits.inc() } else { self.ua_cache_misses.inc() }
+        if ua_cache_hit {
+            self.ua_cache_hits.inc()
+        } else {
+            self.ua_cache_misses.inc()
+        }
     }
 
     /// Counts one batch write.
     pub fn observe_flush(&self, sink: &str, result: &str, elapsed: Option<Duration>) {
         self.stats_flushes.with_label_values(&[sink, result]).inc();
         if let Some(e) = elapsed {
-            self.stats_flush_duration.with_label_values(&[sink]).observe(e.as_secs_f64());
+            self.stats_flush_duration
+                .with_label_values(&[sink])
+                .observe(e.as_secs_f64());
         }
     }
 
     /// Counts a campaign reload.
     pub fn observe_reload(&self, ok: bool) {
-        self.reloads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+        self.reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
     }
 
     /// Removes the win series of campaigns no longer in the catalogue (keeps labels bounded).
     pub fn retain_campaigns(&self, ids: &[u32]) {
         let gathered = self.registry.gather();
-        for mf in gathered.iter().filter(|mf| mf.name() == "rotator_campaign_wins_total") {
+        for mf in gathered
+            .iter()
+            .filter(|mf| mf.name() == "rotator_campaign_wins_total")
+        {
             for m in mf.get_metric() {
                 if let Some(label) = m.get_label().iter().find(|l| l.name() == "campaign_id") {
-                    let keep = label.value().parse::<u32>().is_ok_and(|id| ids.contains(&id));
+                    let keep = label
+                        .value()
+                        .parse::<u32>()
+                        .is_ok_and(|id| ids.contains(&id));
                     if !keep {
                         let _ = self.wins.remove_label_values(&[label.value()]);
                     }

@@ -28,7 +28,12 @@ pub struct CampaignsError {
 
 impl fmt::Display for CampaignsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "campaigns file {}: {}", self.path.display(), self.problems.join("; "))
+        write!(
+            f,
+            "campaigns file {}: {}",
+            self.path.display(),
+            self.problems.join("; ")
+        )
     }
 }
 
@@ -72,15 +77,26 @@ struct RawTargeting {
 
 /// Reads and validates a campaigns file.
 pub fn load(path: &Path) -> Result<Vec<Campaign>, CampaignsError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CampaignsError { path: path.to_path_buf(), problems: vec![format!("cannot read: {e}")] })?;
-    parse(&text).map_err(|problems| CampaignsError { path: path.to_path_buf(), problems })
+    let text = std::fs::read_to_string(path).map_err(|e| CampaignsError {
+        path: path.to_path_buf(),
+        problems: vec![format!("cannot read: {e}")],
+    })?;
+    parse(&text).map_err(|problems| CampaignsError {
+        path: path.to_path_buf(),
+        problems,
+    })
 }
 
 /// Parses and validates the text of a campaigns file.
 pub fn parse(text: &str) -> Result<Vec<Campaign>, Vec<String>> {
     let raw: RawFile = toml::from_str(text).map_err(|e| vec![one_line(&e.to_string())])?;
-    let line = |offset: usize| text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1;
+    let line = |offset: usize| {
+        text[..offset.min(text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1
+    };
     let mut problems = Vec::new();
     let mut campaigns = Vec::new();
     let mut seen: HashMap<u32, usize> = HashMap::new();
@@ -89,13 +105,25 @@ pub fn parse(text: &str) -> Result<Vec<Campaign>, Vec<String>> {
         let raw = entry.into_inner();
         let id = *raw.id.get_ref();
         let mut problem = |offset: usize, field: &str, message: String| {
-            problems.push(format!("line {}: campaign {id} (entry {}): {field}: {message}", line(offset), n + 1));
+            problems.push(format!(
+                "line {}: campaign {id} (entry {}): {field}: {message}",
+                line(offset),
+                n + 1
+            ));
         };
         if id == 0 {
-            problem(raw.id.span().start, "id", "0 is reserved for \"no campaign\"; use 1 or more".into());
+            problem(
+                raw.id.span().start,
+                "id",
+                "0 is reserved for \"no campaign\"; use 1 or more".into(),
+            );
         }
         if let Some(first) = seen.insert(id, entry_line) {
-            problem(raw.id.span().start, "id", format!("duplicate: already used by the campaign at line {first}"));
+            problem(
+                raw.id.span().start,
+                "id",
+                format!("duplicate: already used by the campaign at line {first}"),
+            );
         }
         let url = raw.url.get_ref().clone();
         let location = match check_url(&url) {
@@ -107,7 +135,11 @@ pub fn parse(text: &str) -> Result<Vec<Campaign>, Vec<String>> {
         };
         let bid = *raw.bid.get_ref();
         if !(bid.is_finite() && bid > 0.0) {
-            problem(raw.bid.span().start, "bid", format!("{bid} must be a number more than 0"));
+            problem(
+                raw.bid.span().start,
+                "bid",
+                format!("{bid} must be a number more than 0"),
+            );
         }
         let mut targeting = Targeting::default();
         for code in &raw.targeting.countries {
@@ -116,12 +148,19 @@ pub fn parse(text: &str) -> Result<Vec<Campaign>, Vec<String>> {
                 None => problem(
                     code.span().start,
                     "targeting.countries",
-                    format!("{:?} is not an ISO 3166-1 alpha-2 country code", code.get_ref()),
+                    format!(
+                        "{:?} is not an ISO 3166-1 alpha-2 country code",
+                        code.get_ref()
+                    ),
                 ),
             }
         }
         for (field, list, out) in [
-            ("targeting.browsers", &raw.targeting.browsers, &mut targeting.browsers),
+            (
+                "targeting.browsers",
+                &raw.targeting.browsers,
+                &mut targeting.browsers,
+            ),
             ("targeting.os", &raw.targeting.os, &mut targeting.os),
         ] {
             for name in list {
@@ -138,7 +177,10 @@ pub fn parse(text: &str) -> Result<Vec<Campaign>, Vec<String>> {
                 None => problem(
                     device.span().start,
                     "targeting.devices",
-                    format!("{:?} is not one of desktop, mobile, tablet, bot, other", device.get_ref()),
+                    format!(
+                        "{:?} is not one of desktop, mobile, tablet, bot, other",
+                        device.get_ref()
+                    ),
                 ),
             }
         }
@@ -154,7 +196,11 @@ pub fn parse(text: &str) -> Result<Vec<Campaign>, Vec<String>> {
             });
         }
     }
-    if problems.is_empty() { Ok(campaigns) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(campaigns)
+    } else {
+        Err(problems)
+    }
 }
 
 #[cfg(test)]
@@ -200,8 +246,14 @@ active = false
         let p = problems(text);
         assert!(p.contains("line 3: campaign 7 (entry 1): url:"), "{p}");
         assert!(p.contains("line 4: campaign 7 (entry 1): bid:"), "{p}");
-        assert!(p.contains("line 6: campaign 7 (entry 1): targeting.countries: \"XX\""), "{p}");
-        assert!(p.contains("line 7: campaign 7 (entry 1): targeting.devices: \"fridge\""), "{p}");
+        assert!(
+            p.contains("line 6: campaign 7 (entry 1): targeting.countries: \"XX\""),
+            "{p}"
+        );
+        assert!(
+            p.contains("line 7: campaign 7 (entry 1): targeting.devices: \"fridge\""),
+            "{p}"
+        );
         assert!(p.contains("line 10: campaign 7 (entry 2): id: duplicate: already used by the campaign at line 1"), "{p}");
         assert!(p.contains("line 12: campaign 7 (entry 2): bid:"), "{p}");
     }
@@ -210,7 +262,9 @@ active = false
     fn unknown_keys_and_types_are_named() {
         let p = problems("[[campaign]]\nid = 1\nurl = \"https://a.b\"\nbid = 1\nbudget = 5\n");
         assert!(p.contains("budget") && p.contains("line 5"), "{p}");
-        let p = problems("[[campaign]]\nid = 1\nurl = \"https://a.b\"\nbid = 1\n[campaign.targeting]\ncountry = [\"RU\"]\n");
+        let p = problems(
+            "[[campaign]]\nid = 1\nurl = \"https://a.b\"\nbid = 1\n[campaign.targeting]\ncountry = [\"RU\"]\n",
+        );
         assert!(p.contains("country"), "{p}");
         let p = problems("[[campaign]]\nid = -1\nurl = \"https://a.b\"\nbid = 1\n");
         assert!(p.contains("line 2"), "{p}");
@@ -221,7 +275,11 @@ active = false
 
     #[test]
     fn bundled_campaigns_file_is_valid() {
-        let c = load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/campaigns.toml"))).unwrap();
+        let c = load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/campaigns.toml"
+        )))
+        .unwrap();
         assert_eq!(c.len(), 3);
     }
 }

@@ -37,7 +37,10 @@ struct Dimension<K> {
 
 impl<K: std::hash::Hash + Eq + Copy> Dimension<K> {
     fn new(words: usize) -> Self {
-        Dimension { any: Bits::new(words), by_value: HashMap::new() }
+        Dimension {
+            any: Bits::new(words),
+            by_value: HashMap::new(),
+        }
     }
 
     fn add(&mut self, position: usize, values: &[K], words: usize) {
@@ -45,7 +48,10 @@ impl<K: std::hash::Hash + Eq + Copy> Dimension<K> {
             self.any.set(position);
         }
         for v in values {
-            self.by_value.entry(*v).or_insert_with(|| Bits::new(words)).set(position);
+            self.by_value
+                .entry(*v)
+                .or_insert_with(|| Bits::new(words))
+                .set(position);
         }
     }
 
@@ -122,7 +128,11 @@ impl TargetingIndex {
         for (position, c) in campaigns.iter().enumerate().filter(|(_, c)| c.active) {
             let t = &c.targeting;
             index.countries.add(position, &t.countries, words);
-            let browsers: Vec<Sym> = t.browsers.iter().map(|b| Sym::intern_lowercase(b)).collect();
+            let browsers: Vec<Sym> = t
+                .browsers
+                .iter()
+                .map(|b| Sym::intern_lowercase(b))
+                .collect();
             index.browsers.add(position, &browsers, words);
             let os: Vec<Sym> = t.os.iter().map(|o| Sym::intern_lowercase(o)).collect();
             index.os.add(position, &os, words);
@@ -142,7 +152,11 @@ impl TargetingIndex {
             country: visitor.country.and_then(|c| self.countries.get(c)),
             any_browser: &self.browsers.any,
             browser: self.browsers.get(a.browser_key),
-            browser_group: if a.browser_group == a.browser_key { None } else { self.browsers.get(a.browser_group) },
+            browser_group: if a.browser_group == a.browser_key {
+                None
+            } else {
+                self.browsers.get(a.browser_group)
+            },
             any_os: &self.os.any,
             os: self.os.get(a.os_key),
             device: &self.devices[a.device.index()],
@@ -153,7 +167,9 @@ impl TargetingIndex {
     /// chosen uniformly at random with `pick(n)` returning a number in `0..n`.
     pub fn best(&self, visitor: &Visitor, pick: impl FnOnce(usize) -> usize) -> Option<usize> {
         let lookup = self.lookup(visitor);
-        let (first_word, bits) = (0..self.words).map(|i| (i, lookup.eligible(i))).find(|(_, w)| *w != 0)?;
+        let (first_word, bits) = (0..self.words)
+            .map(|i| (i, lookup.eligible(i)))
+            .find(|(_, w)| *w != 0)?;
         let first = first_word * 64 + bits.trailing_zeros() as usize;
         let run_end = self.run_end[first] as usize;
         if run_end == first + 1 {
@@ -189,6 +205,8 @@ impl TargetingIndex {
     /// Every eligible position, highest bid first (for `explain` and tests).
     pub fn eligible(&self, visitor: &Visitor) -> Vec<usize> {
         let lookup = self.lookup(visitor);
-        (0..self.run_end.len()).filter(|p| lookup.eligible(p / 64) & (1 << (p % 64)) != 0).collect()
+        (0..self.run_end.len())
+            .filter(|p| lookup.eligible(p / 64) & (1 << (p % 64)) != 0)
+            .collect()
     }
 }

@@ -67,7 +67,11 @@ impl Catalogue {
     pub fn new(mut campaigns: Vec<Campaign>, source: PathBuf) -> Catalogue {
         campaigns.sort_by(|a, b| b.bid.total_cmp(&a.bid).then(a.id.cmp(&b.id)));
         let index = TargetingIndex::build(&campaigns);
-        Catalogue { campaigns, index, source }
+        Catalogue {
+            campaigns,
+            index,
+            source,
+        }
     }
 
     /// Loads and validates a campaigns file.

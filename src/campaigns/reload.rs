@@ -30,7 +30,11 @@ struct Fingerprint {
 fn fingerprint(path: &Path) -> Option<Fingerprint> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
-    Some(Fingerprint { modified: m.modified().ok(), len: m.len(), inode: m.ino() })
+    Some(Fingerprint {
+        modified: m.modified().ok(),
+        len: m.len(),
+        inode: m.ino(),
+    })
 }
 
 /// Loads `path` and, if valid, publishes it. Returns whether it was published.
@@ -53,7 +57,9 @@ pub async fn reload(path: &Path, handle: &CatalogueHandle, metrics: &Metrics, wh
             true
         }
         Ok(Err(e)) => {
-            tracing::error!("campaigns reload ({why}) refused, the previous campaigns keep serving: {e}");
+            tracing::error!(
+                "campaigns reload ({why}) refused, the previous campaigns keep serving: {e}"
+            );
             metrics.observe_reload(false);
             false
         }

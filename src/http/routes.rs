@@ -43,7 +43,9 @@ impl Handler for AdRoutes {
             "/" | "/ad" => (Route::Ad, self.ad(req, peer)),
             _ => (Route::Other, text(StatusCode::NOT_FOUND, "not found\n")),
         };
-        self.decider.metrics.observe_request(route, response.status().as_u16(), started.elapsed());
+        self.decider
+            .metrics
+            .observe_request(route, response.status().as_u16(), started.elapsed());
         response
     }
 }
@@ -51,7 +53,10 @@ impl Handler for AdRoutes {
 impl AdRoutes {
     fn ad(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use GET or HEAD\n");
+            let mut r = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed: use GET or HEAD\n",
+            );
             r.headers_mut().insert(ALLOW, GET_HEAD.clone());
             return r;
         }
@@ -76,14 +81,20 @@ pub struct AdminRoutes {
 impl Handler for AdminRoutes {
     fn handle(&self, req: &Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use GET or HEAD\n");
+            let mut r = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed: use GET or HEAD\n",
+            );
             r.headers_mut().insert(ALLOW, GET_HEAD.clone());
             return r;
         }
         match req.uri().path() {
             "/metrics" => {
                 let mut r = Response::new(Body::new(Bytes::from(self.metrics.render())));
-                r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
                 r
             }
             "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -94,7 +105,10 @@ impl Handler for AdminRoutes {
                 if self.metrics.stats_ready() {
                     text(StatusCode::OK, "ready\n")
                 } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready: statistics sink unreachable and spool refusing writes\n")
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: statistics sink unreachable and spool refusing writes\n",
+                    )
                 }
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),

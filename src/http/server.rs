@@ -32,10 +32,18 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Serves `listener` with `handler` until `shutdown`, then drains connections for up to `grace`.
-pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
     let (drained_tx, mut drained_rx) = mpsc::channel::<()>(1);
     let mut builder = http1::Builder::new();
-    builder.max_buf_size(MAX_HEADER_BYTES).timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .max_buf_size(MAX_HEADER_BYTES)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     let builder = Arc::new(builder);
     loop {
         let (stream, peer) = tokio::select! {
@@ -74,7 +82,10 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, mut shutd
     }
     drop(listener);
     drop(drained_tx);
-    if tokio::time::timeout(grace, drained_rx.recv()).await.is_err() {
+    if tokio::time::timeout(grace, drained_rx.recv())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after the {grace:?} grace period; closing them");
     }
 }

@@ -67,15 +67,25 @@ thread_local! {
 
 /// The current minute, Unix seconds.
 pub fn current_minute() -> u32 {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     (secs - secs % 60) as u32
 }
 
 impl Aggregator {
     /// An aggregator with `shards` shards (at least 1); use about twice the worker threads.
     pub fn new(shards: usize) -> Aggregator {
-        let shards = (0..shards.max(1)).map(|_| Shard { live: Mutex::default(), spare: Mutex::default() }).collect();
-        Aggregator { shards, next: AtomicUsize::new(0) }
+        let shards = (0..shards.max(1))
+            .map(|_| Shard {
+                live: Mutex::default(),
+                spare: Mutex::default(),
+            })
+            .collect();
+        Aggregator {
+            shards,
+            next: AtomicUsize::new(0),
+        }
     }
 
     fn shard(&self) -> &Shard {
@@ -116,7 +126,10 @@ impl Aggregator {
             .into_iter()
             .map(|(k, c)| Row {
                 ts: k.minute,
-                country: k.country.map(|c| c.as_str().to_string()).unwrap_or_default(),
+                country: k
+                    .country
+                    .map(|c| c.as_str().to_string())
+                    .unwrap_or_default(),
                 os: k.os.name().to_string(),
                 browser: k.browser.name().to_string(),
                 device: k.device.as_str().to_string(),
@@ -127,14 +140,22 @@ impl Aggregator {
             })
             .collect();
         rows.sort_by(|a, b| {
-            (a.ts, &a.country, &a.os, &a.browser, &a.device, a.campaign_id).cmp(&(
-                b.ts,
-                &b.country,
-                &b.os,
-                &b.browser,
-                &b.device,
-                b.campaign_id,
-            ))
+            (
+                a.ts,
+                &a.country,
+                &a.os,
+                &a.browser,
+                &a.device,
+                a.campaign_id,
+            )
+                .cmp(&(
+                    b.ts,
+                    &b.country,
+                    &b.os,
+                    &b.browser,
+                    &b.device,
+                    b.campaign_id,
+                ))
         });
         rows
     }
@@ -182,9 +203,17 @@ mod tests {
         let requests: u64 = drained.iter().map(|r| r.requests).sum();
         let impressions: u64 = drained.iter().map(|r| r.impressions).sum();
         assert_eq!(requests, 80_000);
-        let none: u64 = drained.iter().filter(|r| r.campaign_id == 0).map(|r| r.requests).sum();
+        let none: u64 = drained
+            .iter()
+            .filter(|r| r.campaign_id == 0)
+            .map(|r| r.requests)
+            .sum();
         assert_eq!(impressions, 80_000 - none);
-        assert!(drained.iter().all(|r| r.country == "DE" && r.device == "desktop" && r.ts == 120));
+        assert!(
+            drained
+                .iter()
+                .all(|r| r.country == "DE" && r.device == "desktop" && r.ts == 120)
+        );
         assert!(agg.drain().is_empty());
     }
 }

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::Batch;
 use super::aggregator::Aggregator;
 use super::sinks::{Sink, SinkError};
 use super::spool::{Spool, SpoolError};
-use super::Batch;
 use crate::config::StatsConfig;
 use crate::metrics::Metrics;
 
@@ -69,7 +69,10 @@ struct ErrorLog {
 impl ErrorLog {
     fn error(&mut self, message: &str) {
         let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < ERROR_LOG_PERIOD) {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < ERROR_LOG_PERIOD)
+        {
             self.suppressed += 1;
             return;
         }
@@ -107,7 +110,9 @@ impl Flusher {
         settings: FlushSettings,
         metrics: Arc<Metrics>,
     ) -> Flusher {
-        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let flusher = Flusher {
             aggregator,
             sink,
@@ -120,7 +125,10 @@ impl Flusher {
             failing_since: None,
             retry_at: None,
             backoff: MIN_BACKOFF,
-            errors: ErrorLog { last: None, suppressed: 0 },
+            errors: ErrorLog {
+                last: None,
+                suppressed: 0,
+            },
             spool_ok: true,
         };
         flusher.update_gauges();
@@ -159,7 +167,10 @@ impl Flusher {
         let rows = self.aggregator.drain();
         if !rows.is_empty() {
             self.next_seq += 1;
-            self.queue.push_back(Batch { id: format!("{}-{}", self.run_id, self.next_seq), rows });
+            self.queue.push_back(Batch {
+                id: format!("{}-{}", self.run_id, self.next_seq),
+                rows,
+            });
         }
         self.update_gauges();
     }
@@ -171,7 +182,9 @@ impl Flusher {
     fn must_spool(&self) -> bool {
         !self.queue.is_empty()
             && (self.queued_rows() > self.settings.max_pending_rows
-                || self.failing_since.is_some_and(|t| t.elapsed() >= self.settings.spool_after))
+                || self
+                    .failing_since
+                    .is_some_and(|t| t.elapsed() >= self.settings.spool_after))
     }
 
     /// Moves the whole queue, in order, to the spool. Batches the spool refuses are lost: counted
@@ -181,7 +194,8 @@ impl Flusher {
             match self.spool.push(&batch) {
                 Ok(()) => {
                     self.spool_ok = true;
-                    self.metrics.observe_flush(self.sink.name(), "spooled", None);
+                    self.metrics
+                        .observe_flush(self.sink.name(), "spooled", None);
                 }
                 Err(e) => {
                     self.spool_ok = false;
@@ -231,7 +245,8 @@ impl Flusher {
             let elapsed = started.elapsed();
             match result {
                 Ok(()) => {
-                    self.metrics.observe_flush(self.sink.name(), "ok", Some(elapsed));
+                    self.metrics
+                        .observe_flush(self.sink.name(), "ok", Some(elapsed));
                     self.acknowledge(seq);
                     if self.failing_since.take().is_some() {
                         tracing::info!("statistics: {} answers again", self.sink.name());
@@ -239,14 +254,19 @@ impl Flusher {
                     self.backoff = MIN_BACKOFF;
                 }
                 Err(e) if !e.retryable => {
-                    self.metrics.observe_flush(self.sink.name(), "rejected", Some(elapsed));
+                    self.metrics
+                        .observe_flush(self.sink.name(), "rejected", Some(elapsed));
                     self.reject(&batch, seq, &e);
                 }
                 Err(e) => {
-                    self.metrics.observe_flush(self.sink.name(), "error", Some(elapsed));
+                    self.metrics
+                        .observe_flush(self.sink.name(), "error", Some(elapsed));
                     self.failing_since.get_or_insert(started);
                     self.retry_at = Some(Instant::now() + self.backoff);
-                    self.errors.error(&format!("write of batch {} failed, retrying in {:?}: {e}", batch.id, self.backoff));
+                    self.errors.error(&format!(
+                        "write of batch {} failed, retrying in {:?}: {e}",
+                        batch.id, self.backoff
+                    ));
                     self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                     break;
                 }
@@ -301,7 +321,11 @@ impl Flusher {
                 if left.is_zero() {
                     break;
                 }
-                match self.sink.write(&batch, left.min(self.settings.write_timeout)).await {
+                match self
+                    .sink
+                    .write(&batch, left.min(self.settings.write_timeout))
+                    .await
+                {
                     Ok(()) => {
                         self.metrics.observe_flush(self.sink.name(), "ok", None);
                         self.queue.pop_front();
@@ -320,14 +344,24 @@ impl Flusher {
         let spooled = self.queue.len();
         self.spool_queue();
         if spooled > 0 {
-            tracing::info!(batches = spooled, "statistics: spooled at shutdown; they are written at the next start");
+            tracing::info!(
+                batches = spooled,
+                "statistics: spooled at shutdown; they are written at the next start"
+            );
         }
     }
 
     fn update_gauges(&self) {
-        self.metrics.stats_rows_pending.set(self.queued_rows() as i64);
-        self.metrics.stats_spool_bytes.set(self.spool.bytes() as i64);
-        self.metrics.stats_spool_batches.set(self.spool.len() as i64);
-        self.metrics.set_stats_ready(self.failing_since.is_none() || self.spool_ok);
+        self.metrics
+            .stats_rows_pending
+            .set(self.queued_rows() as i64);
+        self.metrics
+            .stats_spool_bytes
+            .set(self.spool.bytes() as i64);
+        self.metrics
+            .stats_spool_batches
+            .set(self.spool.len() as i64);
+        self.metrics
+            .set_stats_ready(self.failing_since.is_none() || self.spool_ok);
     }
 }

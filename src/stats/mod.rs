@@ -62,26 +62,45 @@ impl Stats {
     ) -> Result<Stats, StatsError> {
         let sink = Sink::open(config)?;
         let spool = Spool::open(&config.spool_dir, config.spool_max_bytes)?;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StatsError::Thread)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(StatsError::Thread)?;
         if config.auto_migrate {
             match runtime.block_on(sink.migrate()) {
                 Ok(()) => {}
                 Err(e) if e.retryable => {
-                    tracing::warn!("statistics: cannot create the {} schema now ({e}); counts are kept until it answers", sink.name());
+                    tracing::warn!(
+                        "statistics: cannot create the {} schema now ({e}); counts are kept until it answers",
+                        sink.name()
+                    );
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         if !spool.is_empty() {
-            tracing::info!(batches = spool.len(), bytes = spool.bytes(), "statistics: replaying the spool");
+            tracing::info!(
+                batches = spool.len(),
+                bytes = spool.bytes(),
+                "statistics: replaying the spool"
+            );
         }
         let aggregator = Arc::new(Aggregator::new(shards));
-        let flusher = Flusher::new(aggregator.clone(), sink, spool, FlushSettings::from(config), metrics);
+        let flusher = Flusher::new(
+            aggregator.clone(),
+            sink,
+            spool,
+            FlushSettings::from(config),
+            metrics,
+        );
         let flusher = std::thread::Builder::new()
             .name("rotator-stats".into())
             .spawn(move || runtime.block_on(flusher.run(shutdown, grace)))
             .map_err(StatsError::Thread)?;
-        Ok(Stats { aggregator, flusher })
+        Ok(Stats {
+            aggregator,
+            flusher,
+        })
     }
 
     /// Waits for the flusher to finish its final drain (after shutdown was signalled).

@@ -40,8 +40,15 @@ impl ReportQuery {
         if self.by.is_empty() {
             return (String::new(), String::new());
         }
-        let select: Vec<String> = self.by.iter().map(|c| format!("{} AS {c}", cast(c))).collect();
-        (format!("{}, ", select.join(", ")), format!(" GROUP BY {}", self.by.join(", ")))
+        let select: Vec<String> = self
+            .by
+            .iter()
+            .map(|c| format!("{} AS {c}", cast(c)))
+            .collect();
+        (
+            format!("{}, ", select.join(", ")),
+            format!(" GROUP BY {}", self.by.join(", ")),
+        )
     }
 }
 
@@ -68,18 +75,30 @@ pub enum Format {
 }
 
 fn fill_rate(requests: u64, impressions: u64) -> f64 {
-    if requests == 0 { 0.0 } else { impressions as f64 / requests as f64 }
+    if requests == 0 {
+        0.0
+    } else {
+        impressions as f64 / requests as f64
+    }
 }
 
 /// Renders rows (sorted by requests, descending) and a total.
 pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> String {
-    rows.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.group.cmp(&b.group)));
+    rows.sort_by(|a, b| {
+        b.requests
+            .cmp(&a.requests)
+            .then_with(|| a.group.cmp(&b.group))
+    });
     let total = ReportRow {
         group: query.by.iter().map(|_| String::new()).collect(),
         requests: rows.iter().map(|r| r.requests).sum(),
         impressions: rows.iter().map(|r| r.impressions).sum(),
     };
-    let names: Vec<&str> = query.by.iter().map(|c| if *c == "campaign_id" { "campaign" } else { c }).collect();
+    let names: Vec<&str> = query
+        .by
+        .iter()
+        .map(|c| if *c == "campaign_id" { "campaign" } else { c })
+        .collect();
     let mut out = String::new();
     match format {
         Format::Json => {
@@ -94,7 +113,11 @@ pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> 
                 _p: std::marker::PhantomData<&'a ()>,
             }
             let line = |r: &ReportRow| Line {
-                group: names.iter().zip(&r.group).map(|(n, v)| (n.to_string(), v.clone().into())).collect(),
+                group: names
+                    .iter()
+                    .zip(&r.group)
+                    .map(|(n, v)| (n.to_string(), v.clone().into()))
+                    .collect(),
                 requests: r.requests,
                 impressions: r.impressions,
                 fill_rate: fill_rate(r.requests, r.impressions),
@@ -110,7 +133,11 @@ pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> 
             out.push('\n');
         }
         Format::Csv => {
-            let header: Vec<&str> = names.iter().copied().chain(["requests", "impressions", "fill_rate"]).collect();
+            let header: Vec<&str> = names
+                .iter()
+                .copied()
+                .chain(["requests", "impressions", "fill_rate"])
+                .collect();
             let _ = writeln!(out, "{}", header.join(","));
             for r in rows.iter().chain([&total]) {
                 let group: Vec<String> = r.group.iter().map(|g| csv_field(g)).collect();
@@ -118,12 +145,22 @@ pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> 
                 if std::ptr::eq(r, &total) && !names.is_empty() {
                     fields[0] = "TOTAL".into();
                 }
-                fields.extend([r.requests.to_string(), r.impressions.to_string(), format!("{:.4}", fill_rate(r.requests, r.impressions))]);
+                fields.extend([
+                    r.requests.to_string(),
+                    r.impressions.to_string(),
+                    format!("{:.4}", fill_rate(r.requests, r.impressions)),
+                ]);
                 let _ = writeln!(out, "{}", fields.join(","));
             }
         }
         Format::Table => {
-            let mut lines: Vec<Vec<String>> = vec![names.iter().map(|s| s.to_string()).chain(["requests".into(), "impressions".into(), "fill rate".into()]).collect()];
+            let mut lines: Vec<Vec<String>> = vec![
+                names
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain(["requests".into(), "impressions".into(), "fill rate".into()])
+                    .collect(),
+            ];
             for r in &rows {
                 lines.push(cells(r));
             }
@@ -132,13 +169,26 @@ pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> 
                 t[0] = "TOTAL".into();
             }
             lines.push(t);
-            let widths: Vec<usize> =
-                (0..lines[0].len()).map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
+            let widths: Vec<usize> = (0..lines[0].len())
+                .map(|i| {
+                    lines
+                        .iter()
+                        .map(|l| l[i].chars().count())
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
             for l in &lines {
                 let text: Vec<String> = l
                     .iter()
                     .enumerate()
-                    .map(|(i, c)| if i < names.len() { format!("{c:<w$}", w = widths[i]) } else { format!("{c:>w$}", w = widths[i]) })
+                    .map(|(i, c)| {
+                        if i < names.len() {
+                            format!("{c:<w$}", w = widths[i])
+                        } else {
+                            format!("{c:>w$}", w = widths[i])
+                        }
+                    })
                     .collect();
                 let _ = writeln!(out, "{}", text.join("  ").trim_end());
             }
@@ -148,7 +198,11 @@ pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> 
 }
 
 fn cells(r: &ReportRow) -> Vec<String> {
-    let mut c: Vec<String> = r.group.iter().map(|g| if g.is_empty() { "-".into() } else { g.clone() }).collect();
+    let mut c: Vec<String> = r
+        .group
+        .iter()
+        .map(|g| if g.is_empty() { "-".into() } else { g.clone() })
+        .collect();
     c.extend([
         r.requests.to_string(),
         r.impressions.to_string(),
@@ -158,7 +212,11 @@ fn cells(r: &ReportRow) -> Vec<String> {
 }
 
 fn csv_field(value: &str) -> String {
-    if value.contains([',', '"', '\n']) { format!("\"{}\"", value.replace('"', "\"\"")) } else { value.to_string() }
+    if value.contains([',', '"', '\n']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -166,10 +224,22 @@ mod tests {
     use super::*;
 
     fn rows() -> (ReportQuery, Vec<ReportRow>) {
-        let q = ReportQuery { from: 0, to: 60, by: vec!["campaign_id"] };
+        let q = ReportQuery {
+            from: 0,
+            to: 60,
+            by: vec!["campaign_id"],
+        };
         let r = vec![
-            ReportRow { group: vec!["0".into()], requests: 5, impressions: 0 },
-            ReportRow { group: vec!["1".into()], requests: 15, impressions: 15 },
+            ReportRow {
+                group: vec!["0".into()],
+                requests: 5,
+                impressions: 0,
+            },
+            ReportRow {
+                group: vec!["1".into()],
+                requests: 15,
+                impressions: 15,
+            },
         ];
         (q, r)
     }
@@ -181,7 +251,10 @@ mod tests {
         assert!(table.lines().nth(1).unwrap().starts_with("1 "), "{table}");
         assert!(table.lines().last().unwrap().contains("75.0%"), "{table}");
         let csv = render(&q, r.clone(), Format::Csv);
-        assert_eq!(csv, "campaign,requests,impressions,fill_rate\n1,15,15,1.0000\n0,5,0,0.0000\nTOTAL,20,15,0.7500\n");
+        assert_eq!(
+            csv,
+            "campaign,requests,impressions,fill_rate\n1,15,15,1.0000\n0,5,0,0.0000\nTOTAL,20,15,0.7500\n"
+        );
         let json: serde_json::Value = serde_json::from_str(&render(&q, r, Format::Json)).unwrap();
         assert_eq!(json["total"]["requests"], 20);
         assert_eq!(json["rows"][0]["campaign"], "1");

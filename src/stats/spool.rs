@@ -57,7 +57,10 @@ pub enum SpoolError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
-    move |source| SpoolError::Io { path: path.to_path_buf(), source }
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The spool folder and what is in it.
@@ -78,7 +81,10 @@ impl Spool {
             let entry = entry.map_err(io(dir))?;
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(seq) = name.strip_suffix(".batch").and_then(|s| s.parse::<u64>().ok()) {
+            if let Some(seq) = name
+                .strip_suffix(".batch")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
                 let len = entry.metadata().map_err(io(&path))?.len();
                 files.insert(seq, len);
             } else if name.ends_with(".tmp") {
@@ -86,7 +92,12 @@ impl Spool {
             }
         }
         let bytes = files.values().sum();
-        Ok(Spool { dir: dir.to_path_buf(), max_bytes, files, bytes })
+        Ok(Spool {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            files,
+            bytes,
+        })
     }
 
     fn path(&self, seq: u64, ext: &str) -> PathBuf {
@@ -101,16 +112,23 @@ impl Spool {
         })?;
         let size = (HEADER.len() + body.len() + 2) as u64;
         if self.bytes + size > self.max_bytes {
-            return Err(SpoolError::Full { path: self.dir.clone(), bytes: self.bytes, max: self.max_bytes });
+            return Err(SpoolError::Full {
+                path: self.dir.clone(),
+                bytes: self.bytes,
+                max: self.max_bytes,
+            });
         }
         let seq = self.files.last_key_value().map_or(1, |(s, _)| s + 1);
         let tmp = self.path(seq, "tmp");
         let done = self.path(seq, "batch");
         let mut file = File::create(&tmp).map_err(io(&tmp))?;
-        file.write_all(format!("{HEADER}\n{body}\n").as_bytes()).map_err(io(&tmp))?;
+        file.write_all(format!("{HEADER}\n{body}\n").as_bytes())
+            .map_err(io(&tmp))?;
         file.sync_all().map_err(io(&tmp))?;
         fs::rename(&tmp, &done).map_err(io(&done))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
         self.files.insert(seq, size);
         self.bytes += size;
         Ok(())
@@ -125,8 +143,13 @@ impl Spool {
     fn read(&self, seq: u64) -> Result<Batch, SpoolError> {
         let path = self.path(seq, "batch");
         let text = fs::read_to_string(&path).map_err(io(&path))?;
-        let corrupt = |message: String| SpoolError::Corrupt { path: path.clone(), message };
-        let (header, body) = text.split_once('\n').ok_or_else(|| corrupt("no header line".into()))?;
+        let corrupt = |message: String| SpoolError::Corrupt {
+            path: path.clone(),
+            message,
+        };
+        let (header, body) = text
+            .split_once('\n')
+            .ok_or_else(|| corrupt("no header line".into()))?;
         if header != HEADER {
             return Err(corrupt(format!("unknown header {header:?}")));
         }
@@ -247,7 +270,10 @@ mod tests {
         let dir = temp();
         let mut spool = Spool::open(&dir, 300).unwrap();
         spool.push(&batch("a", 1)).unwrap();
-        assert!(matches!(spool.push(&batch("b", 1)), Err(SpoolError::Full { .. })));
+        assert!(matches!(
+            spool.push(&batch("b", 1)),
+            Err(SpoolError::Full { .. })
+        ));
         let (seq, _) = spool.oldest().unwrap();
         fs::write(spool.path(seq, "batch"), "garbage").unwrap();
         let (seq, read) = spool.oldest().unwrap();

@@ -30,7 +30,10 @@ impl Cidr {
             Some((a, l)) => (a, Some(l)),
             None => (text, None),
         };
-        let addr: IpAddr = addr.trim().parse().map_err(|_| format!("{text:?}: not an IP address"))?;
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?}: not an IP address"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len: u32 = match len {
             Some(l) => l.trim().parse().ok().filter(|l| *l <= max).ok_or_else(|| {
@@ -40,8 +43,15 @@ impl Cidr {
         };
         let bits = u128::from(to_v6(addr));
         let len = if addr.is_ipv4() { len + 96 } else { len };
-        let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
-        Ok(Cidr { network: bits & mask, mask })
+        let mask = if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - len)
+        };
+        Ok(Cidr {
+            network: bits & mask,
+            mask,
+        })
     }
 
     /// Whether `ip` is inside this network.
@@ -75,7 +85,10 @@ pub struct TrustedProxies {
 impl TrustedProxies {
     /// Parses a list of CIDR networks; the error names the bad entry.
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<TrustedProxies, String> {
-        let networks = entries.iter().map(|e| Cidr::parse(e.as_ref())).collect::<Result<_, _>>()?;
+        let networks = entries
+            .iter()
+            .map(|e| Cidr::parse(e.as_ref()))
+            .collect::<Result<_, _>>()?;
         Ok(TrustedProxies { networks })
     }
 
@@ -159,9 +172,14 @@ fn is_port(text: &str) -> bool {
 fn forwarded_for(element: &str) -> Option<IpAddr> {
     let value = element.split(';').find_map(|pair| {
         let (key, value) = pair.split_once('=')?;
-        key.trim().eq_ignore_ascii_case("for").then_some(value.trim())
+        key.trim()
+            .eq_ignore_ascii_case("for")
+            .then_some(value.trim())
     })?;
-    let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
+    let value = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value);
     parse_node(value)
 }
 
@@ -180,7 +198,10 @@ mod tests {
     fn client(peer: &str, headers: &[(&str, &[u8])]) -> IpAddr {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
-            map.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), hyper::header::HeaderValue::from_bytes(v).unwrap());
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                hyper::header::HeaderValue::from_bytes(v).unwrap(),
+            );
         }
         proxies().client_ip(ip(peer), &map)
     }
@@ -195,7 +216,11 @@ mod tests {
         assert!(v6.contains(ip("fd12::1")));
         assert!(!v6.contains(ip("fe80::1")));
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
-        assert!(!Cidr::parse("0.0.0.0/0").unwrap().contains(ip("2001:db8::1")));
+        assert!(
+            !Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains(ip("2001:db8::1"))
+        );
         assert!(Cidr::parse("::/0").unwrap().contains(ip("8.8.8.8")));
         assert!(Cidr::parse("1.2.3.4").unwrap().contains(ip("1.2.3.4")));
         for bad in ["10.0.0.0/33", "::/129", "nope/8", "10.0.0.0/x", ""] {
@@ -205,53 +230,118 @@ mod tests {
 
     #[test]
     fn untrusted_peer_headers_are_ignored() {
-        assert_eq!(client("8.8.8.8", &[("x-forwarded-for", b"1.2.3.4")]), ip("8.8.8.8"));
-        assert_eq!(client("8.8.8.8", &[("x-real-ip", b"1.2.3.4")]), ip("8.8.8.8"));
-        assert_eq!(client("8.8.8.8", &[("forwarded", b"for=1.2.3.4")]), ip("8.8.8.8"));
+        assert_eq!(
+            client("8.8.8.8", &[("x-forwarded-for", b"1.2.3.4")]),
+            ip("8.8.8.8")
+        );
+        assert_eq!(
+            client("8.8.8.8", &[("x-real-ip", b"1.2.3.4")]),
+            ip("8.8.8.8")
+        );
+        assert_eq!(
+            client("8.8.8.8", &[("forwarded", b"for=1.2.3.4")]),
+            ip("8.8.8.8")
+        );
     }
 
     #[test]
     fn right_most_untrusted_wins() {
         let h: &[(&str, &[u8])] = &[("x-forwarded-for", b"6.6.6.6, 1.2.3.4, 10.0.0.1")];
         assert_eq!(client("127.0.0.1", h), ip("1.2.3.4"));
-        let h: &[(&str, &[u8])] = &[("x-forwarded-for", b"6.6.6.6"), ("x-forwarded-for", b"1.2.3.4, 10.0.0.2")];
+        let h: &[(&str, &[u8])] = &[
+            ("x-forwarded-for", b"6.6.6.6"),
+            ("x-forwarded-for", b"1.2.3.4, 10.0.0.2"),
+        ];
         assert_eq!(client("127.0.0.1", h), ip("1.2.3.4"));
         // All trusted: the farthest one.
-        assert_eq!(client("127.0.0.1", &[("x-forwarded-for", b"10.0.0.9, 10.0.0.1")]), ip("10.0.0.9"));
+        assert_eq!(
+            client("127.0.0.1", &[("x-forwarded-for", b"10.0.0.9, 10.0.0.1")]),
+            ip("10.0.0.9")
+        );
         // A spoofed left part does not matter when the right part is good.
-        assert_eq!(client("127.0.0.1", &[("x-forwarded-for", b"garbage, 1.2.3.4")]), ip("1.2.3.4"));
+        assert_eq!(
+            client("127.0.0.1", &[("x-forwarded-for", b"garbage, 1.2.3.4")]),
+            ip("1.2.3.4")
+        );
     }
 
     #[test]
     fn header_forms() {
-        assert_eq!(client("::1", &[("x-forwarded-for", b"1.2.3.4:5678")]), ip("1.2.3.4"));
-        assert_eq!(client("::1", &[("x-forwarded-for", b"[2001:db8::1]:80")]), ip("2001:db8::1"));
-        assert_eq!(client("::1", &[("x-forwarded-for", b"2001:db8::1")]), ip("2001:db8::1"));
-        assert_eq!(client("::1", &[("x-forwarded-for", b"::ffff:1.2.3.4")]), ip("1.2.3.4"));
+        assert_eq!(
+            client("::1", &[("x-forwarded-for", b"1.2.3.4:5678")]),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            client("::1", &[("x-forwarded-for", b"[2001:db8::1]:80")]),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            client("::1", &[("x-forwarded-for", b"2001:db8::1")]),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            client("::1", &[("x-forwarded-for", b"::ffff:1.2.3.4")]),
+            ip("1.2.3.4")
+        );
         assert_eq!(client("::1", &[("x-real-ip", b" 5.6.7.8 ")]), ip("5.6.7.8"));
         assert_eq!(
-            client("::ffff:127.0.0.1", &[("forwarded", b"for=192.0.2.60;proto=http;by=203.0.113.43")]),
+            client(
+                "::ffff:127.0.0.1",
+                &[("forwarded", b"for=192.0.2.60;proto=http;by=203.0.113.43")]
+            ),
             ip("192.0.2.60")
         );
         assert_eq!(
-            client("127.0.0.1", &[("forwarded", b"for=1.1.1.1, For=\"[2001:db8:cafe::17]:4711\"")]),
+            client(
+                "127.0.0.1",
+                &[(
+                    "forwarded",
+                    b"for=1.1.1.1, For=\"[2001:db8:cafe::17]:4711\""
+                )]
+            ),
             ip("2001:db8:cafe::17")
         );
         // Forwarded is preferred over X-Forwarded-For.
         assert_eq!(
-            client("127.0.0.1", &[("x-forwarded-for", b"9.9.9.9"), ("forwarded", b"for=1.1.1.1")]),
+            client(
+                "127.0.0.1",
+                &[
+                    ("x-forwarded-for", b"9.9.9.9"),
+                    ("forwarded", b"for=1.1.1.1")
+                ]
+            ),
             ip("1.1.1.1")
         );
     }
 
     #[test]
     fn malformed_falls_back_to_peer() {
-        for bad in [&b"not-an-ip"[..], b"1.2.3.4.5", b"", b"1.2.3.4:port", b"[::1", b"\xff\xfe"] {
-            assert_eq!(client("10.0.0.7", &[("x-forwarded-for", bad)]), ip("10.0.0.7"), "{bad:?}");
+        for bad in [
+            &b"not-an-ip"[..],
+            b"1.2.3.4.5",
+            b"",
+            b"1.2.3.4:port",
+            b"[::1",
+            b"\xff\xfe",
+        ] {
+            assert_eq!(
+                client("10.0.0.7", &[("x-forwarded-for", bad)]),
+                ip("10.0.0.7"),
+                "{bad:?}"
+            );
         }
-        assert_eq!(client("10.0.0.7", &[("forwarded", b"for=unknown")]), ip("10.0.0.7"));
-        assert_eq!(client("10.0.0.7", &[("forwarded", b"proto=https")]), ip("10.0.0.7"));
-        assert_eq!(client("10.0.0.7", &[("x-real-ip", b"1.2.3.4, 5.6.7.8 x")]), ip("10.0.0.7"));
+        assert_eq!(
+            client("10.0.0.7", &[("forwarded", b"for=unknown")]),
+            ip("10.0.0.7")
+        );
+        assert_eq!(
+            client("10.0.0.7", &[("forwarded", b"proto=https")]),
+            ip("10.0.0.7")
+        );
+        assert_eq!(
+            client("10.0.0.7", &[("x-real-ip", b"1.2.3.4, 5.6.7.8 x")]),
+            ip("10.0.0.7")
+        );
     }
 
     #[test]

@@ -87,30 +87,39 @@ struct CountryRecord<'a> {
 }
 
 /// Addresses looked up at open time to catch a database whose search tree is broken.
-const PROBE_ADDRESSES: [&str; 4] = ["1.1.1.1", "81.2.69.160", "2001:4860:4860::8888", "2a02:6b8::feed:ff"];
+const PROBE_ADDRESSES: [&str; 4] = [
+    "1.1.1.1",
+    "81.2.69.160",
+    "2001:4860:4860::8888",
+    "2a02:6b8::feed:ff",
+];
 
 impl GeoIp {
     /// Opens and memory-maps `path`, and checks it answers lookups.
     pub fn open(path: &Path) -> Result<GeoIp, GeoIpError> {
-        let open_err = |message: String| GeoIpError::Open { path: path.to_path_buf(), message };
+        let open_err = |message: String| GeoIpError::Open {
+            path: path.to_path_buf(),
+            message,
+        };
         if !path.is_file() {
             return Err(open_err("no such file".into()));
         }
         // SAFETY: the map is read-only and the file is not written by rotator. Replacing the
         // database must be done by writing a new file and renaming it over the old one (as
         // MaxMind's geoipupdate does), which leaves this mapping intact.
-        let reader = unsafe { maxminddb::Reader::open_mmap(path) }.map_err(|e| open_err(e.to_string()))?;
-        let geoip = GeoIp { reader, path: path.to_path_buf() };
+        let reader =
+            unsafe { maxminddb::Reader::open_mmap(path) }.map_err(|e| open_err(e.to_string()))?;
+        let geoip = GeoIp {
+            reader,
+            path: path.to_path_buf(),
+        };
         for probe in PROBE_ADDRESSES {
-            let ip: IpAddr = probe.parse().map_err(|_| open_err(format!("bad probe address {probe}")))?;
+            let ip: IpAddr = probe
+                .parse()
+                .map_err(|_| open_err(format!("bad probe address {probe}")))?;
             geoip.country(ip).map_err(|e| open_err(e.to_string()))?;
         }
         Ok(geoip)
-    }
-
-    /// Walks the whole database, checking every record (slow: `rotator check` only).
-    pub fn verify(&self) -> Result<(), GeoIpError> {
-        self.reader.verify().map_err(|e| GeoIpError::Open { path: self.path.clone(), message: e.to_string() })
     }
 
     /// The file this was opened from.
@@ -131,12 +140,18 @@ impl GeoIp {
     /// The country of `ip`, or `None` when the database has no country for it.
     pub fn country(&self, ip: IpAddr) -> Result<Option<Country>, GeoIpError> {
         let ip = canonical(ip);
-        let lookup_err = |e: maxminddb::MaxMindDbError| GeoIpError::Lookup { ip, message: e.to_string() };
+        let lookup_err = |e: maxminddb::MaxMindDbError| GeoIpError::Lookup {
+            ip,
+            message: e.to_string(),
+        };
         let result = self.reader.lookup(ip).map_err(lookup_err)?;
         let Some(record) = result.decode::<Record<'_>>().map_err(lookup_err)? else {
             return Ok(None);
         };
-        let code = record.country.and_then(|c| c.iso_code).or(record.country_code);
+        let code = record
+            .country
+            .and_then(|c| c.iso_code)
+            .or(record.country_code);
         Ok(code.and_then(Country::parse))
     }
 }
@@ -149,7 +164,9 @@ mod tests {
 
     fn check_expected(db: &str) -> usize {
         let geoip = GeoIp::open(&Path::new(SHARED).join(format!("{db}.mmdb"))).unwrap();
-        let tsv = std::fs::read_to_string(Path::new(SHARED).join(format!("{db}.expected-country.tsv"))).unwrap();
+        let tsv =
+            std::fs::read_to_string(Path::new(SHARED).join(format!("{db}.expected-country.tsv")))
+                .unwrap();
         let mut checked = 0;
         for line in tsv.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
             let f: Vec<&str> = line.split('\t').collect();
@@ -164,14 +181,23 @@ mod tests {
 
     #[test]
     fn maxmind_test_databases_give_expected_countries() {
-        for db in ["GeoIP2-Country-Test", "GeoLite2-Country-Test", "GeoIP2-City-Test", "GeoLite2-City-Test"] {
+        for db in [
+            "GeoIP2-Country-Test",
+            "GeoLite2-Country-Test",
+            "GeoIP2-City-Test",
+            "GeoLite2-City-Test",
+        ] {
             assert!(check_expected(db) > 10, "{db}");
         }
     }
 
     #[test]
     fn bundled_flat_database_and_mapped_addresses() {
-        let geoip = GeoIp::open(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/data/country.mmdb"))).unwrap();
+        let geoip = GeoIp::open(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/data/country.mmdb"
+        )))
+        .unwrap();
         let tsv = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../shared/data/geoip-full/expected-lookups.tsv"
@@ -181,8 +207,16 @@ mod tests {
         for line in tsv.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
             let f: Vec<&str> = line.split('\t').collect();
             let ip: IpAddr = f[0].parse().unwrap();
-            let want = if f[0].starts_with("::ffff:") { Some("RU") } else { Some(f[1]).filter(|c| !c.is_empty()) };
-            assert_eq!(geoip.country(ip).unwrap().as_ref().map(Country::as_str), want, "{ip}");
+            let want = if f[0].starts_with("::ffff:") {
+                Some("RU")
+            } else {
+                Some(f[1]).filter(|c| !c.is_empty())
+            };
+            assert_eq!(
+                geoip.country(ip).unwrap().as_ref().map(Country::as_str),
+                want,
+                "{ip}"
+            );
             checked += 1;
         }
         assert!(checked >= 13);
@@ -216,9 +250,20 @@ mod tests {
             }
         }
         assert!(refused >= 1);
-        let err = GeoIp::open(Path::new("/nonexistent/country.mmdb")).err().unwrap().to_string();
-        assert!(err.contains("/nonexistent/country.mmdb") && err.contains("no such file"), "{err}");
-        let not_db = GeoIp::open(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))).err().unwrap();
+        let err = GeoIp::open(Path::new("/nonexistent/country.mmdb"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("/nonexistent/country.mmdb") && err.contains("no such file"),
+            "{err}"
+        );
+        let not_db = GeoIp::open(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/Cargo.toml"
+        )))
+        .err()
+        .unwrap();
         assert!(not_db.to_string().contains("Cargo.toml"));
     }
 

@@ -24,10 +24,15 @@ struct Table {
 }
 
 static TABLE: LazyLock<RwLock<Table>> = LazyLock::new(|| {
-    let mut table = Table { ids: HashMap::new(), names: Vec::new() };
+    let mut table = Table {
+        ids: HashMap::new(),
+        names: Vec::new(),
+    };
     for name in ["", "Other", "other"] {
         let name: Arc<str> = name.into();
-        table.ids.insert(name.clone(), Sym(table.names.len() as u32));
+        table
+            .ids
+            .insert(name.clone(), Sym(table.names.len() as u32));
         table.names.push(name);
     }
     RwLock::new(table)
@@ -62,7 +67,12 @@ impl Sym {
 
     /// The symbol of `name` if it was interned before; never adds.
     pub fn lookup(name: &str) -> Option<Sym> {
-        TABLE.read().unwrap_or_else(|e| e.into_inner()).ids.get(name).copied()
+        TABLE
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .ids
+            .get(name)
+            .copied()
     }
 
     /// The symbol of the lower-case form of `name`.
@@ -77,7 +87,11 @@ impl Sym {
     /// The name.
     pub fn name(self) -> Arc<str> {
         let table = TABLE.read().unwrap_or_else(|e| e.into_inner());
-        table.names.get(self.0 as usize).cloned().unwrap_or_else(|| table.names[1].clone())
+        table
+            .names
+            .get(self.0 as usize)
+            .cloned()
+            .unwrap_or_else(|| table.names[1].clone())
     }
 }
 
@@ -96,7 +110,10 @@ mod tests {
         let a = Sym::intern("Chrome Mobile");
         assert_eq!(Sym::intern("Chrome Mobile"), a);
         assert_eq!(&*a.name(), "Chrome Mobile");
-        assert_eq!(Sym::intern_lowercase("Chrome Mobile"), Sym::intern("chrome mobile"));
+        assert_eq!(
+            Sym::intern_lowercase("Chrome Mobile"),
+            Sym::intern("chrome mobile")
+        );
         assert_eq!(Sym::intern("Other"), Sym::OTHER);
         assert_eq!(Sym::intern(""), Sym::EMPTY);
         assert_eq!(Sym::lookup("never interned anywhere 42"), None);

@@ -46,7 +46,13 @@ pub enum Device {
 
 impl Device {
     /// Every device type, in index order.
-    pub const ALL: [Device; 5] = [Device::Desktop, Device::Mobile, Device::Tablet, Device::Bot, Device::Other];
+    pub const ALL: [Device; 5] = [
+        Device::Desktop,
+        Device::Mobile,
+        Device::Tablet,
+        Device::Bot,
+        Device::Other,
+    ];
 
     /// The name used in config, explain output and statistics.
     pub fn as_str(self) -> &'static str {
@@ -61,7 +67,9 @@ impl Device {
 
     /// Parses a device name, case-insensitively.
     pub fn parse(name: &str) -> Option<Device> {
-        Device::ALL.into_iter().find(|d| d.as_str().eq_ignore_ascii_case(name))
+        Device::ALL
+            .into_iter()
+            .find(|d| d.as_str().eq_ignore_ascii_case(name))
     }
 
     /// A small index (0..5) for per-device tables.
@@ -73,11 +81,37 @@ impl Device {
 /// Browser families that targeting treats as variants of a base family: an entry naming the base
 /// family matches all of them. Matching is case-insensitive. Documented in the README.
 pub const BROWSER_GROUPS: &[(&str, &[&str])] = &[
-    ("Chrome", &["Chrome Mobile", "Chrome Mobile iOS", "Chrome Mobile WebView", "Chrome Frame", "HeadlessChrome"]),
-    ("Firefox", &["Firefox Mobile", "Firefox iOS", "Firefox Beta", "Firefox Alpha"]),
+    (
+        "Chrome",
+        &[
+            "Chrome Mobile",
+            "Chrome Mobile iOS",
+            "Chrome Mobile WebView",
+            "Chrome Frame",
+            "HeadlessChrome",
+        ],
+    ),
+    (
+        "Firefox",
+        &[
+            "Firefox Mobile",
+            "Firefox iOS",
+            "Firefox Beta",
+            "Firefox Alpha",
+        ],
+    ),
     ("Safari", &["Mobile Safari", "Mobile Safari UI/WKWebView"]),
     ("Edge", &["Edge Mobile"]),
-    ("Opera", &["Opera Mobile", "Opera Mini", "Opera Coast", "Opera Neon", "Opera Tablet"]),
+    (
+        "Opera",
+        &[
+            "Opera Mobile",
+            "Opera Mini",
+            "Opera Coast",
+            "Opera Neon",
+            "Opera Tablet",
+        ],
+    ),
     ("IE", &["IE Mobile", "IE Large Screen"]),
 ];
 
@@ -155,20 +189,29 @@ impl UserAgentParser {
     pub fn new() -> Result<Arc<UserAgentParser>, UserAgentError> {
         let regexes: ua_parser::Regexes<'static> =
             serde_yaml::from_str(REGEXES_YAML).map_err(|e| UserAgentError::Rules(e.to_string()))?;
-        let extractor = ua_parser::Extractor::try_from(regexes).map_err(|e| UserAgentError::Rules(e.to_string()))?;
+        let extractor = ua_parser::Extractor::try_from(regexes)
+            .map_err(|e| UserAgentError::Rules(e.to_string()))?;
         #[derive(Deserialize)]
         struct Crawler {
             pattern: String,
         }
-        let list: Vec<Crawler> =
-            serde_json::from_str(CRAWLERS_JSON).map_err(|e| UserAgentError::Crawlers(e.to_string()))?;
-        let alternation = list.iter().map(|c| format!("(?:{})", c.pattern)).collect::<Vec<_>>().join("|");
+        let list: Vec<Crawler> = serde_json::from_str(CRAWLERS_JSON)
+            .map_err(|e| UserAgentError::Crawlers(e.to_string()))?;
+        let alternation = list
+            .iter()
+            .map(|c| format!("(?:{})", c.pattern))
+            .collect::<Vec<_>>()
+            .join("|");
         let crawlers = regex::RegexBuilder::new(&alternation)
             .size_limit(256 << 20)
             .dfa_size_limit(16 << 20)
             .build()
             .map_err(|e| UserAgentError::Crawlers(e.to_string()))?;
-        Ok(Arc::new(UserAgentParser { extractor, crawlers, cache: quick_cache::sync::Cache::new(CACHE_CAPACITY) }))
+        Ok(Arc::new(UserAgentParser {
+            extractor,
+            crawlers,
+            cache: quick_cache::sync::Cache::new(CACHE_CAPACITY),
+        }))
     }
 
     /// What `ua` says, from the cache when possible. `None` (header missing or not UTF-8) is
@@ -194,7 +237,11 @@ impl UserAgentParser {
         let os_name = os.as_ref().map_or("Other", |o| &o.os);
         let device_name = device.as_ref().map_or("Other", |d| &d.device);
         let is_bot = device_name == "Spider" || self.crawlers.is_match(ua);
-        let device = if is_bot { Device::Bot } else { classify_device(ua, os_name, device_name) };
+        let device = if is_bot {
+            Device::Bot
+        } else {
+            classify_device(ua, os_name, device_name)
+        };
         let browser_key = Sym::intern_lowercase(browser_name);
         UserAgent {
             browser: Sym::intern(browser_name),
@@ -209,21 +256,73 @@ impl UserAgentParser {
 
 /// OS families of phones (unless the agent says tablet).
 const MOBILE_OS: &[&str] = &[
-    "ios", "android", "windows phone", "windows mobile", "blackberry os", "symbian os", "symbian^3",
-    "firefox os", "kaios", "bada", "webos", "tizen", "sailfish", "ubuntu touch", "meego", "maemo", "brew",
+    "ios",
+    "android",
+    "windows phone",
+    "windows mobile",
+    "blackberry os",
+    "symbian os",
+    "symbian^3",
+    "firefox os",
+    "kaios",
+    "bada",
+    "webos",
+    "tizen",
+    "sailfish",
+    "ubuntu touch",
+    "meego",
+    "maemo",
+    "brew",
     "windows ce",
 ];
 
 /// OS families of desktop computers.
 const DESKTOP_OS: &[&str] = &[
-    "windows", "mac os x", "mac os", "linux", "ubuntu", "kubuntu", "fedora", "debian", "red hat", "suse",
-    "opensuse", "linux mint", "mint", "centos", "gentoo", "arch linux", "slackware", "mandriva", "chrome os",
-    "chromecast os", "freebsd", "openbsd", "netbsd", "solaris", "sunos", "os/2", "haiku", "beos",
+    "windows",
+    "mac os x",
+    "mac os",
+    "linux",
+    "ubuntu",
+    "kubuntu",
+    "fedora",
+    "debian",
+    "red hat",
+    "suse",
+    "opensuse",
+    "linux mint",
+    "mint",
+    "centos",
+    "gentoo",
+    "arch linux",
+    "slackware",
+    "mandriva",
+    "chrome os",
+    "chromecast os",
+    "freebsd",
+    "openbsd",
+    "netbsd",
+    "solaris",
+    "sunos",
+    "os/2",
+    "haiku",
+    "beos",
 ];
 
 /// Markers of TVs, consoles and set-top boxes, which are neither phones nor computers.
-const OTHER_MARKERS: &[&str] =
-    &["SmartTV", "SMART-TV", "Smart-TV", "GoogleTV", "AppleTV", "CrKey", "Roku", "Xbox", "PlayStation", "Nintendo", "HbbTV", "BRAVIA"];
+const OTHER_MARKERS: &[&str] = &[
+    "SmartTV",
+    "SMART-TV",
+    "Smart-TV",
+    "GoogleTV",
+    "AppleTV",
+    "CrKey",
+    "Roku",
+    "Xbox",
+    "PlayStation",
+    "Nintendo",
+    "HbbTV",
+    "BRAVIA",
+];
 
 /// Device type from the agent and uap-core's OS and device families.
 fn classify_device(ua: &str, os: &str, device: &str) -> Device {
@@ -264,7 +363,8 @@ mod tests {
 
     use super::*;
 
-    static PARSER: LazyLock<Arc<UserAgentParser>> = LazyLock::new(|| UserAgentParser::new().unwrap());
+    static PARSER: LazyLock<Arc<UserAgentParser>> =
+        LazyLock::new(|| UserAgentParser::new().unwrap());
 
     fn parse(ua: &str) -> (String, String, Device) {
         let p = PARSER.parse(ua);
@@ -274,25 +374,46 @@ mod tests {
     #[test]
     fn common_browsers() {
         let chrome_win = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
-        assert_eq!(parse(chrome_win), ("Chrome".into(), "Windows".into(), Device::Desktop));
+        assert_eq!(
+            parse(chrome_win),
+            ("Chrome".into(), "Windows".into(), Device::Desktop)
+        );
         let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1";
-        assert_eq!(parse(iphone), ("Mobile Safari".into(), "iOS".into(), Device::Mobile));
+        assert_eq!(
+            parse(iphone),
+            ("Mobile Safari".into(), "iOS".into(), Device::Mobile)
+        );
         let ipad = "Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.6 Mobile/15E148 Safari/604.1";
         assert_eq!(parse(ipad).2, Device::Tablet);
         let android = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36";
-        assert_eq!(parse(android), ("Chrome Mobile".into(), "Android".into(), Device::Mobile));
+        assert_eq!(
+            parse(android),
+            ("Chrome Mobile".into(), "Android".into(), Device::Mobile)
+        );
         let tab = "Mozilla/5.0 (Linux; Android 13; SM-X700) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
         assert_eq!(parse(tab).2, Device::Tablet);
         let ff = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0";
-        assert_eq!(parse(ff), ("Firefox".into(), "Ubuntu".into(), Device::Desktop));
+        assert_eq!(
+            parse(ff),
+            ("Firefox".into(), "Ubuntu".into(), Device::Desktop)
+        );
         let mac = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Safari/605.1.15";
-        assert_eq!(parse(mac), ("Safari".into(), "Mac OS X".into(), Device::Desktop));
+        assert_eq!(
+            parse(mac),
+            ("Safari".into(), "Mac OS X".into(), Device::Desktop)
+        );
     }
 
     #[test]
     fn bots_from_uap_and_from_the_crawler_list() {
-        assert_eq!(parse("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)").2, Device::Bot);
-        assert_eq!(parse("Mozilla/5.0 (compatible; YandexBot/3.0; +http://yandex.com/bots)").2, Device::Bot);
+        assert_eq!(
+            parse("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)").2,
+            Device::Bot
+        );
+        assert_eq!(
+            parse("Mozilla/5.0 (compatible; YandexBot/3.0; +http://yandex.com/bots)").2,
+            Device::Bot
+        );
         // In the crawler list; check that the list is what catches it when uap does not.
         let ua = "python-requests/2.31.0";
         assert_eq!(parse(ua).2, Device::Bot);
@@ -316,8 +437,12 @@ mod tests {
 
     #[test]
     fn synthetic_requests_match_expected_families() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/traffic/synthetic-requests.tsv");
-        let text = std::fs::read_to_string(path).expect("../shared/data/traffic/synthetic-requests.tsv");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/data/traffic/synthetic-requests.tsv"
+        );
+        let text =
+            std::fs::read_to_string(path).expect("../shared/data/traffic/synthetic-requests.tsv");
         let (mut checked, mut mismatched, mut bots) = (0, Vec::new(), 0);
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let f: Vec<&str> = line.split('\t').collect();
@@ -340,14 +465,20 @@ mod tests {
         // rules (e.g. Telegram in-app browser): 62 of 1,004 differ today. Allow 7%, no more, so
         // a broken parser or a wrong file still fails.
         assert!(checked > 300 && bots > 100, "{checked} {bots}");
-        assert!(mismatched.len() * 100 <= checked * 7, "{} of {checked} differ:\n{}", mismatched.len(), mismatched.join("\n"));
+        assert!(
+            mismatched.len() * 100 <= checked * 7,
+            "{} of {checked} differ:\n{}",
+            mismatched.len(),
+            mismatched.join("\n")
+        );
     }
 
     #[test]
     fn missing_agent_is_unknown_and_cache_hits() {
         assert_eq!(PARSER.lookup(None).0, UserAgent::UNKNOWN);
         assert_eq!(PARSER.lookup(Some("")).0, UserAgent::UNKNOWN);
-        let ua = "Mozilla/5.0 (X11; Linux x86_64; rv:109.0) Gecko/20100101 Firefox/115.0 cache-test";
+        let ua =
+            "Mozilla/5.0 (X11; Linux x86_64; rv:109.0) Gecko/20100101 Firefox/115.0 cache-test";
         let (first, outcome) = PARSER.lookup(Some(ua));
         assert_eq!(outcome, CacheOutcome::Miss);
         let (second, outcome) = PARSER.lookup(Some(ua));

@@ -11,8 +11,17 @@ pub fn service_url(var: &str) -> Option<String> {
             panic!("{var} is not set: it is set by scripts/services; run scripts/test")
         }
         _ => {
-            eprintln!("SKIPPED: {var} not set (run scripts/test, or scripts/services start and source its env file)");
+            eprintln!(
+                "SKIPPED: {var} not set (run scripts/test, or scripts/services start and source its env file)"
+            );
             None
         }
     }
+}
+
+/// Held by every test that uses or stops a shared service, so that a test stopping ClickHouse
+/// (outage tests) never runs while another test writes to it.
+pub fn service_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }

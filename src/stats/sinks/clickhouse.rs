@@ -18,8 +18,9 @@
 //! - **Before 22.2 (e.g. 18.16): at least once.** A non-replicated MergeTree has no insert
 //!   deduplication at all. When the server applies a batch but its answer is lost (the connection
 //!   drops, or the write timeout fires after the server has committed), the flusher retries and
-//!   the batch is counted twice. A batch the server refused (an error answer) was not applied and
-//!   its retry is exact.
+//!   the batch is counted twice. An error answer means nothing was written (the rows are parsed
+//!   before any part is written), except for a batch spanning two months: its monthly partitions
+//!   are written one after the other, and a failure between them leaves the first one counted.
 //!
 //! The table is a `SummingMergeTree`: rows with the same key are summed when parts merge, which
 //! may happen much later, so every read aggregates with `sum()` / `GROUP BY`.
@@ -42,7 +43,10 @@ const NAME: &str = "clickhouse";
 pub const SCHEMA: &str = include_str!("../../../schema/clickhouse.sql");
 
 /// The first release whose non-replicated MergeTree tables honour `insert_deduplication_token`.
-const DEDUP_SINCE: ServerVersion = ServerVersion { major: 22, minor: 2 };
+const DEDUP_SINCE: ServerVersion = ServerVersion {
+    major: 22,
+    minor: 2,
+};
 
 /// Appended to `CREATE TABLE` on servers from [`DEDUP_SINCE`] on.
 const DEDUP_TABLE_SETTING: &str = "SETTINGS non_replicated_deduplication_window = 1000";
@@ -50,8 +54,9 @@ const DEDUP_TABLE_SETTING: &str = "SETTINGS non_replicated_deduplication_window 
 /// Writes statistics to a ClickHouse table.
 pub struct ClickhouseSink {
     /// No default database: `migrate` must be able to run before the database exists, so every
-    /// statement names `database.table` in full.
-    client: Client,
+    /// statement names `database.table` in full. Boxed: a `Client` is several hundred bytes, which
+    /// would make every `Sink` that large.
+    client: Box<Client>,
     /// The configured database and table names, for `system.tables` and messages.
     database: String,
     table: String,
@@ -155,7 +160,9 @@ fn statements(schema: &str, db: &str, table: &str) -> Vec<String> {
 /// `Code: 27. DB::Exception: ...` (current releases) or `Code: 27` (from the exception header).
 fn server_code(text: &str) -> Option<u32> {
     let rest = &text[text.find("Code: ")? + "Code: ".len()..];
-    let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let digits = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
     rest[..digits].parse().ok()
 }
 
@@ -238,7 +245,7 @@ impl ClickhouseSink {
             .with_password(config.password.clone())
             .with_validation(false);
         ClickhouseSink {
-            client,
+            client: Box::new(client),
             database: config.database.clone(),
             table: config.table.clone(),
             qualified: format!("{}.{}", quote(&config.database), quote(&config.table)),
@@ -262,7 +269,10 @@ impl ClickhouseSink {
                 err.message = format!("{what}: {}", err.message);
                 Err(err)
             }
-            Err(_) => Err(SinkError::transient(NAME, format!("{what}: timed out after {:?}", self.timeout))),
+            Err(_) => Err(SinkError::transient(
+                NAME,
+                format!("{what}: timed out after {:?}", self.timeout),
+            )),
         }
     }
 
@@ -271,19 +281,19 @@ impl ClickhouseSink {
         &self,
         classify: fn(&clickhouse::error::Error) -> SinkError,
     ) -> Result<ServerVersion, SinkError> {
-        self.version
-            .get_or_try_init(|| async {
-                let text: String =
-                    self.run("SELECT version()", classify, self.client.query_raw("SELECT version()").fetch_one()).await?;
-                Ok(ServerVersion::parse(&text).unwrap_or_else(|| {
-                    // Unknown format: assume an old server (no deduplication token) rather than
-                    // send a setting the server may not know.
-                    tracing::warn!(version = %text, "clickhouse: cannot parse the server version; writes are at-least-once");
-                    ServerVersion { major: 0, minor: 0 }
-                }))
-            })
-            .await
-            .copied()
+        let ask = async {
+            let sql = "SELECT version()";
+            let text: String = self
+                .run(sql, classify, self.client.query_raw(sql).fetch_one())
+                .await?;
+            Ok(ServerVersion::parse(&text).unwrap_or_else(|| {
+                // Unknown format: assume an old server (no deduplication token) rather than send
+                // a setting the server may not know.
+                tracing::warn!(version = %text, "clickhouse: unknown server version; writes are at-least-once");
+                ServerVersion { major: 0, minor: 0 }
+            }))
+        };
+        self.version.get_or_try_init(|| ask).await.copied()
     }
 
     /// Creates the database and the table if missing. An unreachable server is a transient error;
@@ -295,8 +305,14 @@ impl ClickhouseSink {
                 sql.push('\n');
                 sql.push_str(DEDUP_TABLE_SETTING);
             }
-            let what = sql.lines().next().unwrap_or_default().trim_end_matches(" (").to_string();
-            self.run(&what, classify_ddl, self.client.query_raw(&sql).execute()).await?;
+            let what = sql
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches(" (")
+                .to_string();
+            self.run(&what, classify_ddl, self.client.query_raw(&sql).execute())
+                .await?;
         }
         if version.deduplicates() {
             // CREATE TABLE IF NOT EXISTS leaves a table made by an older server as it is.
@@ -305,7 +321,13 @@ impl ClickhouseSink {
                 literal(&self.database),
                 literal(&self.table)
             );
-            let engine: String = self.run("reading the table engine", classify_ddl, self.client.query_raw(&sql).fetch_one()).await?;
+            let engine: String = self
+                .run(
+                    "reading the table engine",
+                    classify_ddl,
+                    self.client.query_raw(&sql).fetch_one(),
+                )
+                .await?;
             if !engine.contains("non_replicated_deduplication_window") {
                 tracing::warn!(
                     table = %self.qualified,
@@ -357,7 +379,12 @@ impl ClickhouseSink {
 
     /// Whether the server answers a query.
     pub async fn ping(&self) -> Result<(), SinkError> {
-        self.run("SELECT 1", classify, self.client.query_raw("SELECT 1").execute()).await
+        self.run(
+            "SELECT 1",
+            classify,
+            self.client.query_raw("SELECT 1").execute(),
+        )
+        .await
     }
 
     /// Aggregated rows for a report.
@@ -365,7 +392,11 @@ impl ClickhouseSink {
         let (select, group_by) = query.group_sql(|c| format!("toString({c})"));
         // The group values travel as one Array(String), so the row type is the same whatever the
         // grouping, and RowBinary needs no text escaping.
-        let group = if query.by.is_empty() { "emptyArrayString()".to_string() } else { format!("[{}]", query.by.join(", ")) };
+        let group = if query.by.is_empty() {
+            "emptyArrayString()".to_string()
+        } else {
+            format!("[{}]", query.by.join(", "))
+        };
         let sql = format!(
             "SELECT {group} AS g, req, imp FROM (SELECT {select}sum(requests) AS req, sum(impressions) AS imp \
              FROM {table} WHERE ts >= toDateTime({from}) AND ts < toDateTime({to}){group_by})",
@@ -373,8 +404,17 @@ impl ClickhouseSink {
             from = query.from,
             to = query.to,
         );
-        let lines: Vec<ReportLine> = self.run("report", classify, self.client.query_raw(&sql).fetch_all()).await?;
-        Ok(lines.into_iter().map(|l| ReportRow { group: l.g, requests: l.req, impressions: l.imp }).collect())
+        let lines: Vec<ReportLine> = self
+            .run("report", classify, self.client.query_raw(&sql).fetch_all())
+            .await?;
+        Ok(lines
+            .into_iter()
+            .map(|l| ReportRow {
+                group: l.g,
+                requests: l.req,
+                impressions: l.imp,
+            })
+            .collect())
     }
 }
 
@@ -384,13 +424,49 @@ mod tests {
 
     #[test]
     fn versions() {
-        assert_eq!(ServerVersion::parse("18.16.1"), Some(ServerVersion { major: 18, minor: 16 }));
-        assert_eq!(ServerVersion::parse("24.8.4.13\n"), Some(ServerVersion { major: 24, minor: 8 }));
+        assert_eq!(
+            ServerVersion::parse("18.16.1"),
+            Some(ServerVersion {
+                major: 18,
+                minor: 16
+            })
+        );
+        assert_eq!(
+            ServerVersion::parse("24.8.4.13\n"),
+            Some(ServerVersion {
+                major: 24,
+                minor: 8
+            })
+        );
         assert_eq!(ServerVersion::parse("nonsense"), None);
-        assert!(!ServerVersion { major: 18, minor: 16 }.deduplicates());
-        assert!(!ServerVersion { major: 22, minor: 1 }.deduplicates());
-        assert!(ServerVersion { major: 22, minor: 2 }.deduplicates());
-        assert!(ServerVersion { major: 23, minor: 1 }.deduplicates());
+        assert!(
+            !ServerVersion {
+                major: 18,
+                minor: 16
+            }
+            .deduplicates()
+        );
+        assert!(
+            !ServerVersion {
+                major: 22,
+                minor: 1
+            }
+            .deduplicates()
+        );
+        assert!(
+            ServerVersion {
+                major: 22,
+                minor: 2
+            }
+            .deduplicates()
+        );
+        assert!(
+            ServerVersion {
+                major: 23,
+                minor: 1
+            }
+            .deduplicates()
+        );
     }
 
     #[test]
@@ -398,9 +474,20 @@ mod tests {
         let s = statements(SCHEMA, &quote("db"), &quote("t`x"));
         assert_eq!(s.len(), 2, "{s:?}");
         assert_eq!(s[0], "CREATE DATABASE IF NOT EXISTS `db`");
-        assert!(s[1].starts_with("CREATE TABLE IF NOT EXISTS `db`.`t\\`x` ("), "{}", s[1]);
-        assert!(s[1].ends_with("ORDER BY (ts, country, os, browser, device, campaign_id)"), "{}", s[1]);
-        assert!(!s.iter().any(|s| s.contains("--") || s.contains('{')), "{s:?}");
+        assert!(
+            s[1].starts_with("CREATE TABLE IF NOT EXISTS `db`.`t\\`x` ("),
+            "{}",
+            s[1]
+        );
+        assert!(
+            s[1].ends_with("ORDER BY (ts, country, os, browser, device, campaign_id)"),
+            "{}",
+            s[1]
+        );
+        assert!(
+            !s.iter().any(|s| s.contains("--") || s.contains('{')),
+            "{s:?}"
+        );
     }
 
     #[test]
@@ -414,16 +501,32 @@ mod tests {
         use clickhouse::error::Error as E;
         let bad = |text: &str| classify(&E::BadResponse(text.into())).retryable;
         // Data errors, in 18.16's and in current releases' wording: never retried.
-        assert!(!bad("Code: 27, e.displayText() = DB::Exception: Cannot parse input: expected \\t before: ..., e.what() = DB::Exception"));
-        assert!(!bad("Code: 33, e.displayText() = DB::Exception: Cannot read all data. Bytes read: 3. Bytes expected: 83., e.what() = DB::Exception"));
-        assert!(!bad("Code: 53. DB::Exception: Type mismatch in IN or VALUES section. (TYPE_MISMATCH) (version 24.8.4.13 (official build))"));
-        assert!(!bad("Code: 117. DB::Exception: Incorrect data: ... (INCORRECT_DATA) (version 23.3.1.1)"));
+        assert!(!bad(
+            "Code: 27, e.displayText() = DB::Exception: Cannot parse input: expected \\t before: ..., e.what() = DB::Exception"
+        ));
+        assert!(!bad(
+            "Code: 33, e.displayText() = DB::Exception: Cannot read all data. Bytes read: 3. Bytes expected: 83., e.what() = DB::Exception"
+        ));
+        assert!(!bad(
+            "Code: 53. DB::Exception: Type mismatch in IN or VALUES section. (TYPE_MISMATCH) (version 24.8.4.13 (official build))"
+        ));
+        assert!(!bad(
+            "Code: 117. DB::Exception: Incorrect data: ... (INCORRECT_DATA) (version 23.3.1.1)"
+        ));
         assert!(!bad("Code: 53"));
         // Fixable by an operator or by waiting: retried.
-        assert!(bad("Code: 60, e.displayText() = DB::Exception: Table rotator.stats doesn't exist., e.what() = DB::Exception"));
-        assert!(bad("Code: 81, e.displayText() = DB::Exception: Database nope doesn't exist, e.what() = DB::Exception"));
-        assert!(bad("Code: 516. DB::Exception: default: Authentication failed. (AUTHENTICATION_FAILED)"));
-        assert!(bad("Code: 252. DB::Exception: Too many parts (300). (TOO_MANY_PARTS)"));
+        assert!(bad(
+            "Code: 60, e.displayText() = DB::Exception: Table rotator.stats doesn't exist., e.what() = DB::Exception"
+        ));
+        assert!(bad(
+            "Code: 81, e.displayText() = DB::Exception: Database nope doesn't exist, e.what() = DB::Exception"
+        ));
+        assert!(bad(
+            "Code: 516. DB::Exception: default: Authentication failed. (AUTHENTICATION_FAILED)"
+        ));
+        assert!(bad(
+            "Code: 252. DB::Exception: Too many parts (300). (TOO_MANY_PARTS)"
+        ));
         assert!(bad("Code: 1170"), "a longer code is not a prefix match");
         assert!(bad("503 Service Unavailable"));
         assert!(bad(""));
@@ -431,16 +534,25 @@ mod tests {
         assert!(classify(&E::Network("connection refused".into())).retryable);
         assert!(!classify(&E::NotEnoughData).retryable);
         let err = classify(&E::BadResponse("Code: 27".into()));
-        assert_eq!((err.sink, err.message.as_str()), (NAME, "bad response: Code: 27"));
+        assert_eq!(
+            (err.sink, err.message.as_str()),
+            (NAME, "bad response: Code: 27")
+        );
     }
 
     #[test]
     fn ddl_refused_by_the_server_is_permanent() {
         use clickhouse::error::Error as E;
         let ddl = |e: E| classify_ddl(&e).retryable;
-        assert!(!ddl(E::BadResponse("Code: 516. DB::Exception: default: Authentication failed".into())));
-        assert!(!ddl(E::BadResponse("Code: 62, e.displayText() = DB::Exception: Syntax error".into())));
-        assert!(ddl(E::BadResponse("Code: 241. DB::Exception: Memory limit exceeded".into())));
+        assert!(!ddl(E::BadResponse(
+            "Code: 516. DB::Exception: default: Authentication failed".into()
+        )));
+        assert!(!ddl(E::BadResponse(
+            "Code: 62, e.displayText() = DB::Exception: Syntax error".into()
+        )));
+        assert!(ddl(E::BadResponse(
+            "Code: 241. DB::Exception: Memory limit exceeded".into()
+        )));
         assert!(ddl(E::BadResponse("502 Bad Gateway".into())));
         assert!(ddl(E::Network("connection refused".into())));
         assert!(ddl(E::TimedOut));

@@ -31,12 +31,20 @@ pub struct SinkError {
 impl SinkError {
     /// A transient failure: connection refused, timeout, server busy.
     pub fn transient(sink: &'static str, message: impl Into<String>) -> SinkError {
-        SinkError { sink, message: message.into(), retryable: true }
+        SinkError {
+            sink,
+            message: message.into(),
+            retryable: true,
+        }
     }
 
     /// A permanent failure: the data or the schema is wrong.
     pub fn permanent(sink: &'static str, message: impl Into<String>) -> SinkError {
-        SinkError { sink, message: message.into(), retryable: false }
+        SinkError {
+            sink,
+            message: message.into(),
+            retryable: false,
+        }
     }
 }
 
@@ -57,7 +65,10 @@ impl Sink {
     pub fn open(config: &StatsConfig) -> Result<Sink, SinkError> {
         Ok(match config.sink {
             SinkKind::Sqlite => Sink::Sqlite(sqlite::SqliteSink::open(&config.sqlite)?),
-            SinkKind::Clickhouse => Sink::Clickhouse(clickhouse::ClickhouseSink::new(&config.clickhouse, config.write_timeout)),
+            SinkKind::Clickhouse => Sink::Clickhouse(clickhouse::ClickhouseSink::new(
+                &config.clickhouse,
+                config.write_timeout,
+            )),
             SinkKind::Mysql => Sink::Mysql(mysql::MysqlSink::new(&config.mysql)?),
             SinkKind::None => Sink::None,
         })
@@ -96,7 +107,12 @@ impl Sink {
         };
         tokio::time::timeout(timeout, write)
             .await
-            .unwrap_or_else(|_| Err(SinkError::transient(name, format!("write timed out after {timeout:?}"))))
+            .unwrap_or_else(|_| {
+                Err(SinkError::transient(
+                    name,
+                    format!("write timed out after {timeout:?}"),
+                ))
+            })
     }
 
     /// Whether the database answers.
@@ -115,7 +131,10 @@ impl Sink {
             Sink::Sqlite(s) => s.report(query).await,
             Sink::Clickhouse(s) => s.report(query).await,
             Sink::Mysql(s) => s.report(query).await,
-            Sink::None => Err(SinkError::permanent("none", "sink = \"none\" stores nothing to report")),
+            Sink::None => Err(SinkError::permanent(
+                "none",
+                "sink = \"none\" stores nothing to report",
+            )),
         }
     }
 }

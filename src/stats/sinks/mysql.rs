@@ -13,7 +13,7 @@
 //! Strings longer than their columns (`os`, `browser` 64, `device` 16, `country` 2 characters)
 //! are cut at a character boundary, so a strict `sql_mode` never rejects a whole batch for them.
 
-use mysql_async::prelude::Queryable;
+use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{Opts, OptsBuilder, Params, Pool, TxOpts, Value};
 
 use super::SinkError;
@@ -78,7 +78,11 @@ fn classify(e: &mysql_async::Error) -> SinkError {
         E::Url(_) => true,
         _ => false,
     };
-    if permanent { SinkError::permanent(NAME, message) } else { SinkError::transient(NAME, message) }
+    if permanent {
+        SinkError::permanent(NAME, message)
+    } else {
+        SinkError::transient(NAME, message)
+    }
 }
 
 /// Server errors that mean "busy, try later", even to DDL.
@@ -97,7 +101,9 @@ const BUSY_ERRORS: [u16; 6] = [
 /// stays transient: the start goes on and counts wait in the spool.
 fn classify_ddl(e: &mysql_async::Error) -> SinkError {
     match e {
-        mysql_async::Error::Server(s) if !BUSY_ERRORS.contains(&s.code) => SinkError::permanent(NAME, e.to_string()),
+        mysql_async::Error::Server(s) if !BUSY_ERRORS.contains(&s.code) => {
+            SinkError::permanent(NAME, e.to_string())
+        }
         _ => classify(e),
     }
 }
@@ -110,7 +116,9 @@ fn redact(url: &str) -> String {
     };
     // The last `@` ends the user information (an unencoded `@` or `/` in a password is exactly
     // the kind of mistake this message reports, so do not trust the authority's end).
-    let Some(at) = rest.rfind('@') else { return url.to_string() };
+    let Some(at) = rest.rfind('@') else {
+        return url.to_string();
+    };
     let (user_info, host) = rest.split_at(at);
     match user_info.split_once(':') {
         Some((user, _password)) => format!("{scheme}{user}:***{host}"),
@@ -120,7 +128,10 @@ fn redact(url: &str) -> String {
 
 /// Quotes a table name with backticks; `db.table` is quoted as two names.
 fn quote(name: &str) -> String {
-    name.split('.').map(|part| format!("`{}`", part.replace('`', "``"))).collect::<Vec<_>>().join(".")
+    name.split('.')
+        .map(|part| format!("`{}`", part.replace('`', "``")))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// At most `max` characters of `s`, cut at a character boundary (`VARCHAR(n)` counts characters).
@@ -138,7 +149,26 @@ fn statements(schema: &str, table: &str) -> Vec<String> {
         .filter(|l| !l.trim_start().starts_with("--"))
         .map(|l| format!("{l}\n"))
         .collect();
-    text.split(';').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.replace("{table}", table)).collect()
+    text.split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.replace("{table}", table))
+        .collect()
+}
+
+/// Column `i` of a result row, converted without panicking (unlike `Row::get`).
+fn column<T: FromValue>(row: &mysql_async::Row, i: usize) -> Result<T, SinkError> {
+    match row.get_opt::<T, usize>(i) {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err(SinkError::permanent(
+            NAME,
+            format!("result column {i}: {e}"),
+        )),
+        None => Err(SinkError::permanent(
+            NAME,
+            format!("result column {i} is missing"),
+        )),
+    }
 }
 
 /// `INSERT ... ON DUPLICATE KEY UPDATE` for `rows` rows.
@@ -157,7 +187,10 @@ impl MysqlSink {
         let opts = Opts::from_url(&config.url)
             .map_err(|e| SinkError::permanent(NAME, format!("{}: {e}", redact(&config.url))))?;
         let opts = OptsBuilder::from_opts(opts).setup(vec![SESSION_SETUP]);
-        Ok(MysqlSink { pool: Pool::new(opts), table: quote(&config.table) })
+        Ok(MysqlSink {
+            pool: Pool::new(opts),
+            table: quote(&config.table),
+        })
     }
 
     /// Creates the tables if missing. An unreachable server is a transient error; a server that
@@ -167,7 +200,11 @@ impl MysqlSink {
         for sql in statements(SCHEMA, &self.table) {
             conn.query_drop(&sql).await.map_err(|e| {
                 let mut err = classify_ddl(&e);
-                err.message = format!("{}: {}", sql.lines().next().unwrap_or_default(), err.message);
+                err.message = format!(
+                    "{}: {}",
+                    sql.lines().next().unwrap_or_default(),
+                    err.message
+                );
                 err
             })?;
         }
@@ -177,9 +214,16 @@ impl MysqlSink {
     /// Applies `batch` once: a replay of an applied batch is a no-op.
     pub async fn write(&self, batch: &Batch) -> Result<(), SinkError> {
         let err = |e: mysql_async::Error| classify(&e);
-        let mut tx = self.pool.start_transaction(TxOpts::default()).await.map_err(err)?;
+        let mut tx = self
+            .pool
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(err)?;
         let claimed = tx
-            .exec_drop("INSERT INTO rotator_batches (batch_id, `rows`) VALUES (?, ?)", (batch.id.as_str(), batch.rows.len() as u64))
+            .exec_drop(
+                "INSERT INTO rotator_batches (batch_id, `rows`) VALUES (?, ?)",
+                (batch.id.as_str(), batch.rows.len() as u64),
+            )
             .await;
         match claimed {
             Ok(()) => {}
@@ -209,7 +253,12 @@ impl MysqlSink {
                 ]);
             }
             // On error the dropped transaction is rolled back before the connection is reused.
-            tx.exec_drop(upsert_sql(&self.table, chunk.len()), Params::Positional(params)).await.map_err(err)?;
+            tx.exec_drop(
+                upsert_sql(&self.table, chunk.len()),
+                Params::Positional(params),
+            )
+            .await
+            .map_err(err)?;
         }
         tx.commit().await.map_err(err)
     }
@@ -229,29 +278,23 @@ impl MysqlSink {
             table = self.table
         );
         let mut conn = self.pool.get_conn().await.map_err(|e| classify(&e))?;
-        let rows: Vec<mysql_async::Row> = conn.exec(sql, (query.from, query.to)).await.map_err(|e| classify(&e))?;
+        let rows: Vec<mysql_async::Row> = conn
+            .exec(sql, (query.from, query.to))
+            .await
+            .map_err(|e| classify(&e))?;
         let n = query.by.len();
-        let value = |row: &mysql_async::Row, i: usize| -> Result<Option<u64>, SinkError> {
-            match row.get_opt::<Option<u64>, usize>(i) {
-                Some(Ok(v)) => Ok(v),
-                Some(Err(e)) => Err(SinkError::permanent(NAME, format!("report column {i}: {e}"))),
-                None => Err(SinkError::permanent(NAME, format!("report column {i} is missing"))),
-            }
-        };
         rows.iter()
             .map(|row| {
                 let group = (0..n)
-                    .map(|i| match row.get_opt::<String, usize>(i) {
-                        Some(Ok(v)) => Ok(v),
-                        Some(Err(e)) => Err(SinkError::permanent(NAME, format!("report column {i}: {e}"))),
-                        None => Err(SinkError::permanent(NAME, format!("report column {i} is missing"))),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .map(|i| column(row, i))
+                    .collect::<Result<Vec<String>, _>>()?;
                 // SUM over no rows is NULL.
+                let requests: Option<u64> = column(row, n)?;
+                let impressions: Option<u64> = column(row, n + 1)?;
                 Ok(ReportRow {
                     group,
-                    requests: value(row, n)?.unwrap_or(0),
-                    impressions: value(row, n + 1)?.unwrap_or(0),
+                    requests: requests.unwrap_or(0),
+                    impressions: impressions.unwrap_or(0),
                 })
             })
             .collect()
@@ -264,11 +307,20 @@ mod tests {
 
     #[test]
     fn invalid_url_is_permanent_and_hides_the_password() {
-        let config = MysqlConfig { url: "mysql://user:s3cret@host:notaport/db".into(), table: "stats".into() };
-        let Err(e) = MysqlSink::new(&config) else { panic!("accepted a bad port") };
+        let config = MysqlConfig {
+            url: "mysql://user:s3cret@host:notaport/db".into(),
+            table: "stats".into(),
+        };
+        let Err(e) = MysqlSink::new(&config) else {
+            panic!("accepted a bad port")
+        };
         assert!(!e.retryable);
         assert!(!e.message.contains("s3cret"), "{}", e.message);
-        assert!(e.message.contains("mysql://user:***@host:notaport/db"), "{}", e.message);
+        assert!(
+            e.message.contains("mysql://user:***@host:notaport/db"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -295,9 +347,20 @@ mod tests {
         assert_eq!(quote("db.st`ats"), "`db`.`st``ats`");
         let s = statements(SCHEMA, "`t`");
         assert_eq!(s.len(), 2, "{s:?}");
-        assert!(s[0].starts_with("CREATE TABLE IF NOT EXISTS `t` ("), "{}", s[0]);
-        assert!(s[1].starts_with("CREATE TABLE IF NOT EXISTS rotator_batches ("), "{}", s[1]);
-        assert!(!s.iter().any(|s| s.contains("--") || s.contains('{')), "{s:?}");
+        assert!(
+            s[0].starts_with("CREATE TABLE IF NOT EXISTS `t` ("),
+            "{}",
+            s[0]
+        );
+        assert!(
+            s[1].starts_with("CREATE TABLE IF NOT EXISTS rotator_batches ("),
+            "{}",
+            s[1]
+        );
+        assert!(
+            !s.iter().any(|s| s.contains("--") || s.contains('{')),
+            "{s:?}"
+        );
     }
 
     #[test]
@@ -311,7 +374,12 @@ mod tests {
     fn classify_server_errors() {
         use mysql_async::{Error, ServerError};
         let server = |code: u16| {
-            classify(&Error::Server(ServerError { code, message: "m".into(), state: "HY000".into() })).retryable
+            classify(&Error::Server(ServerError {
+                code,
+                message: "m".into(),
+                state: "HY000".into(),
+            }))
+            .retryable
         };
         for code in [1366, 1406, 1264, 1690, 1048] {
             assert!(!server(code), "{code}");
@@ -320,11 +388,18 @@ mod tests {
             assert!(server(code), "{code}");
         }
         let ddl = |code: u16| {
-            classify_ddl(&Error::Server(ServerError { code, message: "m".into(), state: "HY000".into() })).retryable
+            classify_ddl(&Error::Server(ServerError {
+                code,
+                message: "m".into(),
+                state: "HY000".into(),
+            }))
+            .retryable
         };
         assert!(!ddl(1045) && !ddl(1142) && !ddl(1064));
         assert!(ddl(1040) && ddl(1213));
-        let io = Error::Io(mysql_async::IoError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
+        let io = Error::Io(mysql_async::IoError::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
         assert!(classify(&io).retryable);
         assert!(classify(&Error::Driver(mysql_async::DriverError::ConnectionClosed)).retryable);
     }

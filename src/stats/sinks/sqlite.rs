@@ -37,15 +37,25 @@ impl SqliteSink {
     pub fn open(config: &SqliteConfig) -> Result<SqliteSink, SinkError> {
         let path = config.path.clone();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| SinkError::permanent(NAME, format!("{}: cannot create folder: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                SinkError::permanent(
+                    NAME,
+                    format!("{}: cannot create folder: {e}", dir.display()),
+                )
+            })?;
         }
         let conn = Connection::open(&path)
             .map_err(|e| SinkError::permanent(NAME, format!("{}: {e}", path.display())))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
-        Ok(SqliteSink { path, conn: Arc::new(Mutex::new(conn)) })
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        Ok(SqliteSink {
+            path,
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -64,8 +74,11 @@ impl SqliteSink {
     /// Creates the tables if missing.
     pub async fn migrate(&self) -> Result<(), SinkError> {
         let path = self.path.display().to_string();
-        self.blocking(move |c| c.execute_batch(SCHEMA).map_err(|e| SinkError::permanent(NAME, format!("{path}: {e}"))))
-            .await
+        self.blocking(move |c| {
+            c.execute_batch(SCHEMA)
+                .map_err(|e| SinkError::permanent(NAME, format!("{path}: {e}")))
+        })
+        .await
     }
 
     /// Applies `batch` once: a replay of an applied batch is a no-op.
@@ -99,7 +112,13 @@ impl SqliteSink {
 
     /// Whether the file answers a query.
     pub async fn ping(&self) -> Result<(), SinkError> {
-        self.blocking(|c| c.query_row("SELECT 1", [], |_| Ok(())).optional().map(|_| ()).map_err(err)).await
+        self.blocking(|c| {
+            c.query_row("SELECT 1", [], |_| Ok(()))
+                .optional()
+                .map(|_| ())
+                .map_err(err)
+        })
+        .await
     }
 
     /// Aggregated rows for a report.
@@ -111,11 +130,19 @@ impl SqliteSink {
         );
         let (from, to, n) = (query.from, query.to, query.by.len());
         self.blocking(move |c| {
-            let mut stmt = c.prepare(&sql).map_err(|e| SinkError::permanent(NAME, e.to_string()))?;
+            let mut stmt = c
+                .prepare(&sql)
+                .map_err(|e| SinkError::permanent(NAME, e.to_string()))?;
             let rows = stmt
                 .query_map(params![from, to], |row| {
-                    let group = (0..n).map(|i| row.get::<_, String>(i)).collect::<Result<Vec<_>, _>>()?;
-                    Ok(ReportRow { group, requests: row.get::<_, i64>(n)? as u64, impressions: row.get::<_, i64>(n + 1)? as u64 })
+                    let group = (0..n)
+                        .map(|i| row.get::<_, String>(i))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(ReportRow {
+                        group,
+                        requests: row.get::<_, i64>(n)? as u64,
+                        impressions: row.get::<_, i64>(n + 1)? as u64,
+                    })
                 })
                 .map_err(err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(err)
@@ -146,22 +173,50 @@ mod tests {
     #[tokio::test]
     async fn upsert_adds_and_replay_is_a_no_op() {
         let dir = std::env::temp_dir().join(format!("rotator-sqlite-{}", fastrand::u64(..)));
-        let sink = SqliteSink::open(&SqliteConfig { path: dir.join("stats.db") }).unwrap();
+        let sink = SqliteSink::open(&SqliteConfig {
+            path: dir.join("stats.db"),
+        })
+        .unwrap();
         sink.migrate().await.unwrap();
         sink.migrate().await.unwrap();
-        let a = Batch { id: "a".into(), rows: vec![row(60, 1, 3), row(60, 0, 2)] };
-        let b = Batch { id: "b".into(), rows: vec![row(60, 1, 4), row(120, 1, 1)] };
+        let a = Batch {
+            id: "a".into(),
+            rows: vec![row(60, 1, 3), row(60, 0, 2)],
+        };
+        let b = Batch {
+            id: "b".into(),
+            rows: vec![row(60, 1, 4), row(120, 1, 1)],
+        };
         sink.write(&a).await.unwrap();
         sink.write(&b).await.unwrap();
         sink.write(&a).await.unwrap();
-        let q = ReportQuery { from: 0, to: 180, by: vec!["campaign_id"] };
+        let q = ReportQuery {
+            from: 0,
+            to: 180,
+            by: vec!["campaign_id"],
+        };
         let mut rows = sink.report(&q).await.unwrap();
         rows.sort_by(|x, y| x.group.cmp(&y.group));
-        assert_eq!(rows, [
-            ReportRow { group: vec!["0".into()], requests: 2, impressions: 0 },
-            ReportRow { group: vec!["1".into()], requests: 8, impressions: 8 },
-        ]);
-        let q = ReportQuery { from: 100, to: 180, by: vec![] };
+        assert_eq!(
+            rows,
+            [
+                ReportRow {
+                    group: vec!["0".into()],
+                    requests: 2,
+                    impressions: 0
+                },
+                ReportRow {
+                    group: vec!["1".into()],
+                    requests: 8,
+                    impressions: 8
+                },
+            ]
+        );
+        let q = ReportQuery {
+            from: 100,
+            to: 180,
+            by: vec![],
+        };
         assert_eq!(sink.report(&q).await.unwrap()[0].requests, 1);
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -1,0 +1,215 @@
+//! Statistics end to end: real server, real traffic, real databases; exact sums.
+//!
+//! Each test sends a known mix of visitors and checks the per-key sums that arrive in the sink,
+//! through outages (the database stopped while traffic flows), shutdown (SIGTERM flushes the last
+//! rows) and restarts (a spool written while the database was down is replayed).
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::{Server, config, repo, run, seed_campaigns, temp_dir};
+use crate::server::{CHROME, CHROME_ANDROID, DE, FIREFOX, GOOGLEBOT, RU, US};
+use crate::support::{service_lock, service_url};
+
+/// (campaign_id, device) → requests, as the report prints them.
+type Sums = BTreeMap<(String, String), u64>;
+
+/// The known mix: per round, 3 RU Chrome desktop (campaign 1), 2 DE Chrome Mobile (2),
+/// 1 US Firefox (3), 1 Googlebot (bot, 0) and 1 US Chrome (no fill, 0).
+fn send_round(s: &Server) {
+    for _ in 0..3 {
+        assert_eq!(s.ad(RU, CHROME).status, 303);
+    }
+    for _ in 0..2 {
+        assert_eq!(s.ad(DE, CHROME_ANDROID).status, 303);
+    }
+    assert_eq!(s.ad(US, FIREFOX).status, 303);
+    assert_eq!(s.ad(RU, GOOGLEBOT).status, 303);
+    assert_eq!(s.ad(US, CHROME).status, 303);
+}
+
+fn expected(rounds: u64) -> Sums {
+    let mut m = Sums::new();
+    m.insert(("0".into(), "bot".into()), rounds);
+    m.insert(("0".into(), "desktop".into()), rounds);
+    m.insert(("1".into(), "desktop".into()), 3 * rounds);
+    m.insert(("2".into(), "mobile".into()), 2 * rounds);
+    m.insert(("3".into(), "desktop".into()), rounds);
+    m
+}
+
+/// Reads the sink through `rotator report --format json` (so the report is tested too).
+fn report(dir: &std::path::Path) -> Sums {
+    let cfg = dir.join("rotator.toml");
+    let (status, out, err) = run(
+        &[
+            "report",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--since",
+            "1d",
+            "--by",
+            "campaign,device",
+            "--format",
+            "json",
+        ],
+        None,
+    );
+    assert!(status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let mut sums = Sums::new();
+    for row in v["rows"].as_array().unwrap() {
+        let key = (
+            row["campaign"].as_str().unwrap().to_string(),
+            row["device"].as_str().unwrap().to_string(),
+        );
+        *sums.entry(key).or_default() += row["requests"].as_u64().unwrap();
+    }
+    sums
+}
+
+fn services(action: &str, name: &str) {
+    let status = Command::new(repo().join("scripts/services"))
+        .args([action, name])
+        .status()
+        .unwrap();
+    assert!(status.success(), "scripts/services {action} {name}");
+}
+
+const FAST_FLUSH: &str = "flush_interval = \"200ms\"\nwrite_timeout = \"2s\"\n";
+
+#[test]
+fn sqlite_counts_every_request_exactly_once_and_flushes_at_shutdown() {
+    let dir = temp_dir("sqlite");
+    // A long interval: only the shutdown flush can deliver these rows.
+    let cfg = config(
+        &dir,
+        "",
+        "[stats]\nsink = \"sqlite\"\nflush_interval = \"1h\"\n",
+    );
+    let s = Server::start_in(&dir, &cfg, &seed_campaigns());
+    for _ in 0..5 {
+        send_round(&s);
+    }
+    let (status, log) = s.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(report(&dir), expected(5));
+    // Restart and add more: counts add up.
+    let s = Server::spawn(&dir);
+    send_round(&s);
+    let (status, log) = s.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(report(&dir), expected(6));
+}
+
+#[test]
+fn an_unusable_sqlite_path_is_a_start_up_error() {
+    let dir = temp_dir("sqlite-bad");
+    std::fs::write(dir.join("blocked"), "a file, not a folder").unwrap();
+    let cfg = config(
+        &dir,
+        "",
+        "[stats]\nsink = \"sqlite\"\n[stats.sqlite]\npath = \"blocked/stats.db\"\n",
+    );
+    std::fs::write(dir.join("campaigns.toml"), seed_campaigns()).unwrap();
+    std::fs::write(dir.join("rotator.toml"), &cfg).unwrap();
+    let (status, _, err) = run(
+        &[
+            "serve",
+            "--config",
+            dir.join("rotator.toml").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("blocked"), "{err}");
+}
+
+/// Outage and restart test shared by the ClickHouse and MariaDB sinks.
+fn outage_and_spool(tag: &str, service: &str, stats_section: &str) {
+    let _exclusive = service_lock();
+    let dir = temp_dir(tag);
+    let cfg = config(
+        &dir,
+        "",
+        &format!("[stats]\n{FAST_FLUSH}spool_after = \"1s\"\n{stats_section}"),
+    );
+    let s = Server::start_in(&dir, &cfg, &seed_campaigns());
+    let mut rounds = 0;
+    for _ in 0..5 {
+        send_round(&s);
+        rounds += 1;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // The database goes away while traffic flows.
+    services("stop", service);
+    for _ in 0..5 {
+        send_round(&s);
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    s.wait_for_log("failed, retrying", Duration::from_secs(10));
+    services("start", service);
+    for _ in 0..3 {
+        send_round(&s);
+        rounds += 1;
+    }
+    s.wait_for_log("answers again", Duration::from_secs(60));
+    let (status, log) = s.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(report(&dir), expected(rounds), "after an outage\n{log}");
+
+    // Down at shutdown: the last rows are spooled, then replayed by the next start.
+    services("stop", service);
+    let s = Server::spawn(&dir);
+    send_round(&s);
+    rounds += 1;
+    let (status, log) = s.stop();
+    assert!(status.success(), "{log}");
+    let spooled = std::fs::read_dir(dir.join("data/spool"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".batch"))
+        });
+    assert!(spooled.count() >= 1, "nothing spooled at shutdown:\n{log}");
+    services("start", service);
+    let s = Server::spawn(&dir);
+    s.wait_for_log("replaying the spool", Duration::from_secs(10));
+    send_round(&s);
+    rounds += 1;
+    let (status, log) = s.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        report(&dir),
+        expected(rounds),
+        "after a spool replay\n{log}"
+    );
+}
+
+#[test]
+fn clickhouse_outage_and_spool_replay_lose_and_double_nothing() {
+    let Some(url) = service_url("ROTATOR_TEST_CLICKHOUSE_URL") else {
+        return;
+    };
+    let db = format!("rotator_e2e_{}", fastrand::u32(..));
+    outage_and_spool(
+        "clickhouse",
+        "clickhouse",
+        &format!("sink = \"clickhouse\"\n[stats.clickhouse]\nurl = {url:?}\ndatabase = {db:?}\n"),
+    );
+}
+
+#[test]
+fn mysql_outage_and_spool_replay_lose_and_double_nothing() {
+    let Some(url) = service_url("ROTATOR_TEST_MYSQL_URL") else {
+        return;
+    };
+    let table = format!("stats_e2e_{}", fastrand::u32(..));
+    outage_and_spool(
+        "mysql",
+        "mariadb",
+        &format!("sink = \"mysql\"\n[stats.mysql]\nurl = {url:?}\ntable = {table:?}\n"),
+    );
+}
