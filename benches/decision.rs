@@ -1,1 +1,344 @@
-fn main() {}
+//! Micro-benchmarks of the request path without HTTP: User-Agent parsing, GeoIP, the auction,
+//! the statistics counter and the whole decision. `cargo bench --bench decision`.
+//!
+//! Visitors come from the synthetic traffic file (`$BENCH_TRAFFIC`, default
+//! `../shared/data/traffic/synthetic-requests.tsv`); campaigns are generated with a fixed seed.
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use criterion::{Criterion, criterion_group, criterion_main};
+use hyper::HeaderMap;
+use hyper::header::{HeaderName, HeaderValue, USER_AGENT};
+
+use rotator::auction;
+use rotator::campaigns::{Catalogue, file};
+use rotator::config::Config;
+use rotator::decision::Decider;
+use rotator::metrics::Metrics;
+use rotator::stats::aggregator::{Aggregator, RowKey, current_minute};
+use rotator::visitor::Visitor;
+use rotator::visitor::geoip::GeoIp;
+use rotator::visitor::user_agent::UserAgentParser;
+
+const DEFAULT_TRAFFIC: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/data/traffic/synthetic-requests.tsv"
+);
+const GEOIP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/country.mmdb");
+
+/// One row of the traffic file.
+struct Row {
+    ip: IpAddr,
+    ua: String,
+}
+
+fn traffic() -> Vec<Row> {
+    let path = std::env::var("BENCH_TRAFFIC").unwrap_or_else(|_| DEFAULT_TRAFFIC.into());
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let rows: Vec<Row> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let mut fields = l.split('\t');
+            let ip = fields.next()?.parse().ok()?;
+            let ua = fields.next().unwrap_or("").to_string();
+            Some(Row { ip, ua })
+        })
+        .collect();
+    assert!(!rows.is_empty(), "{path}: no rows");
+    rows
+}
+
+/// `n` campaigns with mixed targeting: each list is empty ("anyone") about a third of the time,
+/// otherwise one to three values; random bids; 5 % inactive.
+fn campaigns_toml(n: usize) -> String {
+    const COUNTRIES: &[&str] = &[
+        "US", "DE", "RU", "GB", "FR", "JP", "BR", "IN", "CN", "CA", "AU", "NL", "ES", "IT", "PL",
+        "UA", "TR", "KR", "MX", "AE", "SE", "SG", "ID", "VN",
+    ];
+    const BROWSERS: &[&str] = &[
+        "Chrome",
+        "Firefox",
+        "Safari",
+        "Chrome Mobile",
+        "Edge",
+        "Opera",
+        "Samsung Internet",
+        "Mobile Safari",
+        "Chrome Mobile iOS",
+        "Yandex Browser",
+    ];
+    const OSES: &[&str] = &[
+        "Windows",
+        "Android",
+        "iOS",
+        "Mac OS X",
+        "Linux",
+        "Chrome OS",
+        "Ubuntu",
+    ];
+    const DEVICES: &[&str] = &["desktop", "mobile", "tablet", "other"];
+    let mut rng = fastrand::Rng::with_seed(42);
+    let mut pick = |list: &[&str]| -> String {
+        if rng.u8(..100) < 35 {
+            return "[]".into();
+        }
+        let k = rng.usize(1..=3);
+        let mut chosen: Vec<&str> = Vec::with_capacity(k);
+        while chosen.len() < k {
+            let v = list[rng.usize(..list.len())];
+            if !chosen.contains(&v) {
+                chosen.push(v);
+            }
+        }
+        let quoted: Vec<String> = chosen.iter().map(|v| format!("{v:?}")).collect();
+        format!("[{}]", quoted.join(", "))
+    };
+    let mut text = String::new();
+    let mut bids = fastrand::Rng::with_seed(7);
+    for id in 1..=n {
+        let countries = pick(COUNTRIES);
+        let browsers = pick(BROWSERS);
+        let os = pick(OSES);
+        let devices = pick(DEVICES);
+        text.push_str(&format!(
+            "[[campaign]]\nid = {id}\nurl = \"https://ads.example.com/c/{id}\"\nbid = {:.2}\nactive = {}\n\
+             targeting = {{ countries = {countries}, browsers = {browsers}, os = {os}, devices = {devices} }}\n",
+            0.05 + bids.f64() * 4.95,
+            bids.u8(..100) >= 5,
+        ));
+    }
+    text
+}
+
+fn catalogue(n: usize) -> Catalogue {
+    let campaigns = file::parse(&campaigns_toml(n)).unwrap_or_else(|e| panic!("{e:?}"));
+    Catalogue::new(campaigns, format!("generated-{n}.toml").into())
+}
+
+struct Fixture {
+    rows: Vec<Row>,
+    geoip: Arc<GeoIp>,
+    agents: Arc<UserAgentParser>,
+}
+
+fn fixture() -> Fixture {
+    Fixture {
+        rows: traffic(),
+        geoip: Arc::new(GeoIp::open(Path::new(GEOIP)).expect("data/country.mmdb")),
+        agents: UserAgentParser::new().expect("user-agent rules"),
+    }
+}
+
+fn decider(f: &Fixture, campaigns: usize, stats: Option<Arc<Aggregator>>) -> Decider {
+    let handle = Arc::new(ArcSwap::from_pointee(catalogue(campaigns)));
+    // The serving defaults: trusted proxies include 127.0.0.0/8, so X-Forwarded-For counts.
+    Decider::new(
+        &Config::default(),
+        f.geoip.clone(),
+        f.agents.clone(),
+        handle,
+        stats,
+        Metrics::new(),
+    )
+    .expect("default config")
+}
+
+/// Cycles through `items`, one per iteration.
+fn cycle<'a, T>(items: &'a [T]) -> impl FnMut() -> &'a T {
+    let mut i = 0;
+    move || {
+        i = if i + 1 == items.len() { 0 } else { i + 1 };
+        &items[i]
+    }
+}
+
+fn bench_user_agent(c: &mut Criterion, f: &Fixture) {
+    let mut uas: Vec<&str> = f.rows.iter().map(|r| r.ua.as_str()).collect();
+    uas.sort_unstable();
+    uas.dedup();
+    uas.retain(|u| !u.is_empty());
+    let mut g = c.benchmark_group("user_agent");
+    {
+        let mut next = cycle(&uas);
+        g.bench_function("parse_cold", |b| {
+            b.iter(|| f.agents.parse(black_box(next())))
+        });
+    }
+    for ua in &uas {
+        f.agents.lookup(Some(ua));
+    }
+    {
+        let mut next = cycle(&uas);
+        g.bench_function("lookup_cached", |b| {
+            b.iter(|| f.agents.lookup(Some(black_box(next()))))
+        });
+    }
+    g.finish();
+}
+
+fn bench_geoip(c: &mut Criterion, f: &Fixture) {
+    let v4: Vec<IpAddr> = f
+        .rows
+        .iter()
+        .map(|r| r.ip)
+        .filter(|i| i.is_ipv4())
+        .collect();
+    let v6: Vec<IpAddr> = f
+        .rows
+        .iter()
+        .map(|r| r.ip)
+        .filter(|i| i.is_ipv6())
+        .collect();
+    let mut g = c.benchmark_group("geoip");
+    for (name, ips) in [("ipv4", &v4), ("ipv6", &v6)] {
+        if ips.is_empty() {
+            continue;
+        }
+        let mut next = cycle(ips);
+        g.bench_function(name, |b| b.iter(|| f.geoip.country(black_box(*next()))));
+    }
+    g.finish();
+}
+
+fn visitors(f: &Fixture) -> Vec<Visitor> {
+    let d = decider(f, 1, None);
+    f.rows
+        .iter()
+        .map(|r| d.visitor(r.ip, Some(&r.ua)).0)
+        .collect()
+}
+
+fn bench_auction(c: &mut Criterion, f: &Fixture) {
+    let visitors = visitors(f);
+    let mut g = c.benchmark_group("auction");
+    for n in [3, 1_000, 10_000] {
+        let cat = catalogue(n);
+        let mut next = cycle(&visitors);
+        g.bench_function(format!("campaigns_{n}"), |b| {
+            b.iter(|| {
+                matches!(
+                    auction::run(&cat, black_box(next()), false),
+                    auction::Outcome::Won(_)
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_stats(c: &mut Criterion, f: &Fixture) {
+    let minute = current_minute();
+    let keys: Arc<Vec<RowKey>> = Arc::new(
+        visitors(f)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| RowKey {
+                minute,
+                country: v.country,
+                os: v.agent.os,
+                browser: v.agent.browser,
+                device: v.agent.device,
+                campaign_id: (i % 50) as u32,
+            })
+            .collect(),
+    );
+    let mut g = c.benchmark_group("stats_increment");
+    {
+        let agg = Aggregator::new(4);
+        let mut next = cycle(&keys);
+        g.bench_function("threads_1", |b| b.iter(|| agg.record(black_box(*next()))));
+    }
+    {
+        // Two threads each record `iters` rows at once; the time is the wall time of the pair,
+        // divided by `iters` by criterion: the time per increment seen by either thread.
+        let agg = Arc::new(Aggregator::new(4));
+        g.bench_function("threads_2", |b| {
+            b.iter_custom(|iters| {
+                let barrier = Arc::new(Barrier::new(3));
+                let workers: Vec<_> = (0..2)
+                    .map(|t| {
+                        let (agg, keys, barrier) = (agg.clone(), keys.clone(), barrier.clone());
+                        std::thread::spawn(move || {
+                            let mut i = t * keys.len() / 2;
+                            barrier.wait();
+                            for _ in 0..iters {
+                                i = if i + 1 == keys.len() { 0 } else { i + 1 };
+                                agg.record(black_box(keys[i]));
+                            }
+                        })
+                    })
+                    .collect();
+                barrier.wait();
+                let start = Instant::now();
+                for w in workers {
+                    w.join().unwrap();
+                }
+                start.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_decision(c: &mut Criterion, f: &Fixture) {
+    let d = decider(f, 1_000, Some(Arc::new(Aggregator::new(4))));
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let requests: Vec<HeaderMap> = f
+        .rows
+        .iter()
+        .map(|r| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                xff.clone(),
+                HeaderValue::from_str(&r.ip.to_string()).unwrap(),
+            );
+            if let Ok(v) = HeaderValue::from_str(&r.ua) {
+                h.insert(USER_AGENT, v);
+            }
+            h.insert(
+                hyper::header::HOST,
+                HeaderValue::from_static("127.0.0.1:8080"),
+            );
+            h
+        })
+        .collect();
+    let peer = IpAddr::from([127, 0, 0, 1]);
+    for h in &requests {
+        d.decide(peer, h);
+    }
+    let mut g = c.benchmark_group("decision");
+    let mut next = cycle(&requests);
+    g.bench_function("campaigns_1000_stats_metrics", |b| {
+        b.iter(|| d.decide(peer, black_box(next())))
+    });
+    g.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let f = fixture();
+    bench_user_agent(c, &f);
+    bench_geoip(c, &f);
+    bench_auction(c, &f);
+    bench_stats(c, &f);
+    bench_decision(c, &f);
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = decision;
+    config = config();
+    targets = benches
+}
+criterion_main!(decision);

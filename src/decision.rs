@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::auction::{self, Exclusion, Outcome};
 use crate::campaigns::CatalogueHandle;
+use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::stats::aggregator::{Aggregator, RowKey, current_minute};
 use crate::visitor::Visitor;
@@ -67,6 +68,39 @@ pub struct Explained {
 }
 
 impl Decider {
+    /// A decider serving `config`'s request-path settings over the given parts; also resolves
+    /// the win counters of the current campaigns.
+    pub fn new(
+        config: &Config,
+        geoip: Arc<GeoIp>,
+        agents: Arc<UserAgentParser>,
+        catalogue: CatalogueHandle,
+        stats: Option<Arc<Aggregator>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Decider, ConfigError> {
+        let ids: Vec<u32> = catalogue.load().campaigns().iter().map(|c| c.id).collect();
+        metrics.set_campaigns(&ids);
+        // Both were validated when the config was loaded; these only fail on a hand-built Config.
+        let default_location = HeaderValue::from_str(&config.server.default_url).map_err(|_| {
+            ConfigError::Invalid {
+                source_name: config.source_name.clone(),
+                section: "server",
+                key: "default_url",
+                message: "not a valid header value".into(),
+            }
+        })?;
+        Ok(Decider {
+            geoip,
+            agents,
+            catalogue,
+            proxies: config.trusted_proxies()?,
+            default_location,
+            bots_win: config.server.bots_win,
+            stats,
+            metrics,
+        })
+    }
+
     /// What is known about a visitor at `ip` with User-Agent `ua`.
     #[inline]
     pub fn visitor(&self, ip: IpAddr, ua: Option<&str>) -> (Visitor, CacheOutcome, bool) {

@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use arc_swap::ArcSwap;
 use clap::{Args, Parser, Subcommand};
-use hyper::header::HeaderValue;
 
 use rotator::campaigns::{Catalogue, CatalogueHandle, reload};
 use rotator::config::{Config, LogFormat};
@@ -21,6 +20,7 @@ use rotator::http::server;
 use rotator::metrics::Metrics;
 use rotator::shutdown;
 use rotator::stats::Stats;
+use rotator::stats::aggregator::Aggregator;
 use rotator::stats::report::{self, Format, ReportQuery};
 use rotator::stats::sinks::Sink;
 use rotator::visitor::geoip::GeoIp;
@@ -149,21 +149,20 @@ fn load_core(config: Config) -> Result<Core> {
     })
 }
 
-fn decider(
-    core: &Core,
-    metrics: Arc<Metrics>,
-    stats: Option<Arc<rotator::stats::aggregator::Aggregator>>,
-) -> Result<Decider> {
-    Ok(Decider {
-        geoip: core.geoip.clone(),
-        agents: core.agents.clone(),
-        catalogue: core.catalogue.clone(),
-        proxies: core.config.trusted_proxies()?,
-        default_location: HeaderValue::from_str(&core.config.server.default_url)?,
-        bots_win: core.config.server.bots_win,
+fn decider(core: &Core, metrics: Arc<Metrics>, stats: Option<Arc<Aggregator>>) -> Result<Decider> {
+    let (geoip, agents, catalogue) = (
+        core.geoip.clone(),
+        core.agents.clone(),
+        core.catalogue.clone(),
+    );
+    Ok(Decider::new(
+        &core.config,
+        geoip,
+        agents,
+        catalogue,
         stats,
         metrics,
-    })
+    )?)
 }
 
 fn serve(path: Option<&Path>) -> Result<()> {

@@ -2,17 +2,19 @@
 //!
 //! The `prometheus` crate's counters and histograms are lock-free atomics. Label lookups take a
 //! lock and a hash, so every series the request path touches is resolved once here
-//! ([`Metrics::new`]) and the request path only increments. Campaign wins are the exception: the
-//! label is the campaign id, looked up per win (bounded by the number of campaigns).
+//! ([`Metrics::new`]) and the request path only increments. Campaign win counters are resolved
+//! whenever the campaigns are (re)loaded ([`Metrics::set_campaigns`]).
 //!
 //! The listener is separate from the ad listener so that it can stay on loopback while ads are
 //! public; it serves `/metrics`, `/healthz` (the process answers) and `/readyz` (campaigns loaded
 //! and statistics sink reachable or spooling).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
@@ -53,6 +55,9 @@ pub struct Metrics {
     decisions_bot: IntCounter,
     decisions_error: IntCounter,
     wins: IntCounterVec,
+    /// Win counters of the current campaigns, resolved at load and reload so that a win costs
+    /// one hash of a `u32` instead of a label lookup.
+    win_counters: ArcSwap<HashMap<u32, IntCounter>>,
     geoip_unknown: IntCounter,
     ua_cache_hits: IntCounter,
     ua_cache_misses: IntCounter,
@@ -220,6 +225,7 @@ impl Metrics {
                 "Active campaigns in the current catalogue.",
             ),
             stats_ready: AtomicBool::new(true),
+            win_counters: ArcSwap::default(),
             registry,
         })
     }
@@ -245,8 +251,13 @@ impl Metrics {
         ua_cache_hit: bool,
     ) {
         if let Outcome::Won(c) = outcome {
-            let mut id = itoa::Buffer::new();
-            self.wins.with_label_values(&[id.format(c.id)]).inc();
+            match self.win_counters.load().get(&c.id) {
+                Some(counter) => counter.inc(),
+                None => {
+                    let mut id = itoa::Buffer::new();
+                    self.wins.with_label_values(&[id.format(c.id)]).inc();
+                }
+            }
         }
         match outcome {
             _ if error => self.decisions_error.inc(),
@@ -281,25 +292,23 @@ impl Metrics {
             .inc();
     }
 
-    /// Removes the win series of campaigns no longer in the catalogue (keeps labels bounded).
-    pub fn retain_campaigns(&self, ids: &[u32]) {
-        let gathered = self.registry.gather();
-        for mf in gathered
+    /// Sets the campaigns whose wins are counted: resolves their counters and removes the series
+    /// of campaigns no longer in the catalogue (keeps the label set bounded).
+    pub fn set_campaigns(&self, ids: &[u32]) {
+        let mut id = itoa::Buffer::new();
+        let counters: HashMap<u32, IntCounter> = ids
             .iter()
-            .filter(|mf| mf.name() == "rotator_campaign_wins_total")
+            .map(|i| (*i, self.wins.with_label_values(&[id.format(*i)])))
+            .collect();
+        for old in self
+            .win_counters
+            .load()
+            .keys()
+            .filter(|old| !counters.contains_key(old))
         {
-            for m in mf.get_metric() {
-                if let Some(label) = m.get_label().iter().find(|l| l.name() == "campaign_id") {
-                    let keep = label
-                        .value()
-                        .parse::<u32>()
-                        .is_ok_and(|id| ids.contains(&id));
-                    if !keep {
-                        let _ = self.wins.remove_label_values(&[label.value()]);
-                    }
-                }
-            }
+            let _ = self.wins.remove_label_values(&[id.format(*old)]);
         }
+        self.win_counters.store(Arc::new(counters));
     }
 
     /// Marks the statistics pipeline ready or not (for `/readyz`).

@@ -90,13 +90,14 @@ pub fn load(path: &Path) -> Result<Vec<Campaign>, CampaignsError> {
 /// Parses and validates the text of a campaigns file.
 pub fn parse(text: &str) -> Result<Vec<Campaign>, Vec<String>> {
     let raw: RawFile = toml::from_str(text).map_err(|e| vec![one_line(&e.to_string())])?;
-    let line = |offset: usize| {
-        text[..offset.min(text.len())]
-            .bytes()
-            .filter(|b| *b == b'\n')
-            .count()
-            + 1
-    };
+    // Offsets of the newlines, so a line number is a binary search (not a scan per field).
+    let newlines: Vec<usize> = text
+        .bytes()
+        .enumerate()
+        .filter(|(_, b)| *b == b'\n')
+        .map(|(i, _)| i)
+        .collect();
+    let line = |offset: usize| newlines.partition_point(|n| *n < offset) + 1;
     let mut problems = Vec::new();
     let mut campaigns = Vec::new();
     let mut seen: HashMap<u32, usize> = HashMap::new();

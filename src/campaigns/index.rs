@@ -32,14 +32,15 @@ impl Bits {
 #[derive(Debug)]
 struct Dimension<K> {
     any: Bits,
-    by_value: HashMap<K, Bits>,
+    /// foldhash: keys are interned ids and country codes, looked up on every request.
+    by_value: HashMap<K, Bits, foldhash::fast::RandomState>,
 }
 
 impl<K: std::hash::Hash + Eq + Copy> Dimension<K> {
     fn new(words: usize) -> Self {
         Dimension {
             any: Bits::new(words),
-            by_value: HashMap::new(),
+            by_value: HashMap::default(),
         }
     }
 

@@ -51,8 +51,8 @@ pub async fn reload(path: &Path, handle: &CatalogueHandle, metrics: &Metrics, wh
                 path.display()
             );
             metrics.campaigns_active.set(catalogue.active() as i64);
+            metrics.set_campaigns(&ids);
             handle.store(Arc::new(catalogue));
-            metrics.retain_campaigns(&ids);
             metrics.observe_reload(true);
             true
         }

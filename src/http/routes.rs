@@ -99,11 +99,16 @@ impl Handler for AdminRoutes {
             }
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => {
-                // A catalogue is always loaded once serving (start-up refuses to serve without
-                // one); an empty catalogue still serves default_url, so it counts as ready.
-                let _campaigns = self.catalogue.load();
+                // Campaigns are always loaded once serving: start-up refuses to serve without a
+                // valid file, and a bad reload keeps the previous set. An empty set still serves
+                // default_url, so it counts as ready.
                 if self.metrics.stats_ready() {
-                    text(StatusCode::OK, "ready\n")
+                    let active = self.catalogue.load().active();
+                    let mut r = Response::new(Body::new(Bytes::from(format!(
+                        "ready: {active} active campaigns\n"
+                    ))));
+                    r.headers_mut().insert(CONTENT_TYPE, TEXT.clone());
+                    r
                 } else {
                     text(
                         StatusCode::SERVICE_UNAVAILABLE,

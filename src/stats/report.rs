@@ -84,6 +84,10 @@ fn fill_rate(requests: u64, impressions: u64) -> f64 {
 
 /// Renders rows (sorted by requests, descending) and a total.
 pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> String {
+    if query.by.is_empty() {
+        // Without grouping the one row is the total, printed once.
+        rows.clear();
+    }
     rows.sort_by(|a, b| {
         b.requests
             .cmp(&a.requests)

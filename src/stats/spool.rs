@@ -177,7 +177,11 @@ impl Spool {
         } else {
             let dir = self.dir.join("rejected");
             fs::create_dir_all(&dir).map_err(io(&dir))?;
-            dir.join(format!("{seq:020}.batch"))
+            // Sequence numbers restart when the spool empties; the time keeps names unique.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            dir.join(format!("{now}-{seq:020}.batch"))
         };
         fs::rename(&from, &to).map_err(io(&from))?;
         self.forget(seq);

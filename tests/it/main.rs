@@ -1,7 +1,13 @@
 //! The one integration-test binary: the real server over HTTP, and the real databases.
 
+mod allocations;
 mod harness;
+mod observability;
 mod server;
 mod sinks;
 mod stats;
 mod support;
+
+/// Counts allocations per thread, for `allocations`; otherwise the system allocator.
+#[global_allocator]
+static ALLOCATOR: allocations::Counting = allocations::Counting;

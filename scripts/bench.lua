@@ -1,0 +1,38 @@
+-- wrk script for scripts/bench: replays the synthetic traffic file, one row per request, sending
+-- the row's address as X-Forwarded-For and its User-Agent as User-Agent to /ad.
+--
+-- Traffic file: $BENCH_TRAFFIC, or the first script argument (wrk ... -s bench.lua URL -- FILE),
+-- default ../shared/data/traffic/synthetic-requests.tsv. Lines starting with # are skipped.
+-- Each wrk thread has its own Lua state, so every thread reads the file in init() and prebuilds
+-- its request strings; threads start at different offsets so they do not send the same rows.
+
+local requests = {}
+local n = 0
+local i = 0
+
+function init(args)
+   local path = args[1] or os.getenv("BENCH_TRAFFIC")
+      or "../shared/data/traffic/synthetic-requests.tsv"
+   local f = assert(io.open(path, "r"))
+   for line in f:lines() do
+      if line:sub(1, 1) ~= "#" and line ~= "" then
+         local ip, ua = line:match("^([^\t]*)\t([^\t]*)")
+         if ip and ip ~= "" then
+            local headers = { ["X-Forwarded-For"] = ip }
+            if ua ~= "" then
+               headers["User-Agent"] = ua
+            end
+            n = n + 1
+            requests[n] = wrk.format("GET", "/ad", headers)
+         end
+      end
+   end
+   f:close()
+   assert(n > 0, "no rows in " .. path)
+   i = math.random(0, n - 1)
+end
+
+function request()
+   i = i % n + 1
+   return requests[i]
+end
