@@ -286,19 +286,25 @@ fn bench_stats(c: &mut Criterion, f: &Fixture) {
     g.finish();
 }
 
-fn bench_decision(c: &mut Criterion, f: &Fixture) {
-    let d = decider(f, 1_000, Some(Arc::new(Aggregator::new(4))));
+/// The synthetic rows as request headers; `distinct_agents` limits how many different
+/// User-Agents appear (the rest of each row's agent is replaced by one of them), so the cost can be
+/// read against the variety of visitors.
+fn requests(f: &Fixture, distinct_agents: Option<usize>) -> Vec<HeaderMap> {
     let xff = HeaderName::from_static("x-forwarded-for");
-    let requests: Vec<HeaderMap> = f
-        .rows
+    f.rows
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(i, r)| {
             let mut h = HeaderMap::new();
             h.insert(
                 xff.clone(),
                 HeaderValue::from_str(&r.ip.to_string()).unwrap(),
             );
-            if let Ok(v) = HeaderValue::from_str(&r.ua) {
+            let ua = match distinct_agents {
+                Some(n) => &f.rows[i % n].ua,
+                None => &r.ua,
+            };
+            if let Ok(v) = HeaderValue::from_str(ua) {
                 h.insert(USER_AGENT, v);
             }
             h.insert(
@@ -307,15 +313,51 @@ fn bench_decision(c: &mut Criterion, f: &Fixture) {
             );
             h
         })
-        .collect();
+        .collect()
+}
+
+fn bench_decision(c: &mut Criterion, f: &Fixture) {
     let peer = IpAddr::from([127, 0, 0, 1]);
-    for h in &requests {
+    let mut g = c.benchmark_group("decision");
+    // How the whole decision grows with the number of campaigns (all 10,000 rows, warm cache).
+    for campaigns in [3, 1_000, 10_000] {
+        let d = decider(f, campaigns, Some(Arc::new(Aggregator::new(4))));
+        let requests = requests(f, None);
+        for h in &requests {
+            d.decide(peer, h);
+        }
+        let mut next = cycle(&requests);
+        g.bench_function(format!("campaigns_{campaigns}_stats_metrics"), |b| {
+            b.iter(|| d.decide(peer, black_box(next())))
+        });
+    }
+    // How it grows with the variety of visitors (1,000 campaigns): 10 agents, the file's 2,063,
+    // and agents never seen before (every request a cache miss: the cost of a full parse).
+    let d = decider(f, 1_000, Some(Arc::new(Aggregator::new(4))));
+    let few = requests(f, Some(10));
+    for h in &few {
         d.decide(peer, h);
     }
-    let mut g = c.benchmark_group("decision");
-    let mut next = cycle(&requests);
-    g.bench_function("campaigns_1000_stats_metrics", |b| {
+    let mut next = cycle(&few);
+    g.bench_function("agents_10", |b| {
         b.iter(|| d.decide(peer, black_box(next())))
+    });
+    let mut fresh = 0u64;
+    let base = requests(f, None);
+    g.bench_function("agents_unseen", |b| {
+        b.iter_batched(
+            || {
+                fresh += 1;
+                let mut h = base[fresh as usize % base.len()].clone();
+                let ua = format!(
+                    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/{fresh}.0 Safari/537.36"
+                );
+                h.insert(USER_AGENT, HeaderValue::from_str(&ua).unwrap());
+                h
+            },
+            |h| d.decide(peer, &h),
+            criterion::BatchSize::SmallInput,
+        )
     });
     g.finish();
 }

@@ -13,11 +13,11 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, HeaderValue, LOCATION};
-use hyper::server::conn::http1;
+
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use rotator::http::server::{HEADER_READ_TIMEOUT, MAX_HEADER_BYTES};
+use hyper_util::rt::TokioIo;
+use rotator::http::server;
 use tokio::net::TcpListener;
 
 fn redirect() -> Response<Full<Bytes>> {
@@ -43,12 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     runtime.block_on(async move {
         let listener = TcpListener::bind(addr).await?;
         eprintln!("listening on {}", listener.local_addr()?);
-        let mut builder = http1::Builder::new();
-        builder
-            .max_buf_size(MAX_HEADER_BYTES)
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
-        let builder = Arc::new(builder);
+        let builder = Arc::new(server::connection_builder());
         loop {
             let (stream, _peer) = match listener.accept().await {
                 Ok(a) => a,

@@ -30,6 +30,19 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
+/// `405` with `Allow` for any method but `GET` and `HEAD`.
+fn only_get_or_head(req: &Request<Incoming>) -> Option<Response<Body>> {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return None;
+    }
+    let mut r = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed: use GET or HEAD\n",
+    );
+    r.headers_mut().insert(ALLOW, GET_HEAD.clone());
+    Some(r)
+}
+
 /// The ad listener.
 pub struct AdRoutes {
     /// Makes the decisions.
@@ -52,13 +65,8 @@ impl Handler for AdRoutes {
 
 impl AdRoutes {
     fn ad(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            let mut r = text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed: use GET or HEAD\n",
-            );
-            r.headers_mut().insert(ALLOW, GET_HEAD.clone());
-            return r;
+        if let Some(refused) = only_get_or_head(req) {
+            return refused;
         }
         let location = self.decider.decide(peer.ip(), req.headers());
         let mut r = Response::new(Body::default());
@@ -80,13 +88,8 @@ pub struct AdminRoutes {
 
 impl Handler for AdminRoutes {
     fn handle(&self, req: &Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            let mut r = text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed: use GET or HEAD\n",
-            );
-            r.headers_mut().insert(ALLOW, GET_HEAD.clone());
-            return r;
+        if let Some(refused) = only_get_or_head(req) {
+            return refused;
         }
         match req.uri().path() {
             "/metrics" => {

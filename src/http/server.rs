@@ -31,6 +31,17 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body>;
 }
 
+/// The HTTP/1.1 settings of every connection (also used by `examples/bare_redirect.rs`, so the
+/// benchmark's bare server runs the same stack).
+pub fn connection_builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .max_buf_size(MAX_HEADER_BYTES)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+}
+
 /// Serves `listener` with `handler` until `shutdown`, then drains connections for up to `grace`.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
@@ -39,12 +50,7 @@ pub async fn serve<H: Handler>(
     grace: Duration,
 ) {
     let (drained_tx, mut drained_rx) = mpsc::channel::<()>(1);
-    let mut builder = http1::Builder::new();
-    builder
-        .max_buf_size(MAX_HEADER_BYTES)
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let builder = Arc::new(builder);
+    let builder = Arc::new(connection_builder());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -106,10 +106,14 @@ impl Server {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
+        // The address ends at the first character that cannot be part of it (JSON logs quote it).
         let find = |log: &str, marker: &str| -> Option<SocketAddr> {
             log.lines().find_map(|l| {
-                l.split_once(marker)
-                    .and_then(|(_, rest)| rest.trim().parse().ok())
+                let (_, rest) = l.split_once(marker)?;
+                rest.split(|c: char| !(c.is_ascii_hexdigit() || ".:[]".contains(c)))
+                    .next()?
+                    .parse()
+                    .ok()
             })
         };
         loop {

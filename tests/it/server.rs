@@ -347,3 +347,36 @@ fn hot_reload_on_change_refuses_bad_files_and_reloads_on_sighup() {
         Some("https://duckduckgo.com")
     );
 }
+
+#[test]
+fn json_logs_and_no_line_per_request() {
+    let dir = temp_dir("jsonlog");
+    let cfg = config(
+        &dir,
+        "",
+        "[stats]\nsink = \"none\"\n[log]\nformat = \"json\"\n",
+    );
+    let s = Server::start_in(&dir, &cfg, &seed_campaigns());
+    for _ in 0..50 {
+        s.ad(RU, CHROME);
+        s.get("/nope", &[]);
+    }
+    let (status, log) = s.stop();
+    assert!(status.success(), "{log}");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().any(|l| {
+        l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("ads listening on"))
+    }));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+    // Start-up, listeners, the signal and "stopped": a handful of lines for 100 requests.
+    assert!(lines.len() < 10, "{log}");
+}

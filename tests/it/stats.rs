@@ -12,8 +12,8 @@ use crate::harness::{Server, config, repo, run, seed_campaigns, temp_dir};
 use crate::server::{CHROME, CHROME_ANDROID, DE, FIREFOX, GOOGLEBOT, RU, US};
 use crate::support::{service_lock, service_url};
 
-/// (campaign_id, device) → requests, as the report prints them.
-type Sums = BTreeMap<(String, String), u64>;
+/// (campaign, country, browser, os, device) → (requests, impressions), as the report prints them.
+type Sums = BTreeMap<[String; 5], (u64, u64)>;
 
 /// The known mix: per round, 3 RU Chrome desktop (campaign 1), 2 DE Chrome Mobile (2),
 /// 1 US Firefox (3), 1 Googlebot (bot, 0) and 1 US Chrome (no fill, 0).
@@ -30,13 +30,26 @@ fn send_round(s: &Server) {
 }
 
 fn expected(rounds: u64) -> Sums {
-    let mut m = Sums::new();
-    m.insert(("0".into(), "bot".into()), rounds);
-    m.insert(("0".into(), "desktop".into()), rounds);
-    m.insert(("1".into(), "desktop".into()), 3 * rounds);
-    m.insert(("2".into(), "mobile".into()), 2 * rounds);
-    m.insert(("3".into(), "desktop".into()), rounds);
-    m
+    let key = |k: [&str; 5]| k.map(String::from);
+    Sums::from([
+        (
+            key(["1", "RU", "Chrome", "Windows", "desktop"]),
+            (3 * rounds, 3 * rounds),
+        ),
+        (
+            key(["2", "DE", "Chrome Mobile", "Android", "mobile"]),
+            (2 * rounds, 2 * rounds),
+        ),
+        (
+            key(["3", "US", "Firefox", "Linux", "desktop"]),
+            (rounds, rounds),
+        ),
+        (key(["0", "RU", "Googlebot", "Other", "bot"]), (rounds, 0)),
+        (
+            key(["0", "US", "Chrome", "Windows", "desktop"]),
+            (rounds, 0),
+        ),
+    ])
 }
 
 /// Reads the sink through `rotator report --format json` (so the report is tested too).
@@ -50,7 +63,7 @@ fn report(dir: &std::path::Path) -> Sums {
             "--since",
             "1d",
             "--by",
-            "campaign,device",
+            "campaign,country,browser,os,device",
             "--format",
             "json",
         ],
@@ -60,11 +73,11 @@ fn report(dir: &std::path::Path) -> Sums {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     let mut sums = Sums::new();
     for row in v["rows"].as_array().unwrap() {
-        let key = (
-            row["campaign"].as_str().unwrap().to_string(),
-            row["device"].as_str().unwrap().to_string(),
-        );
-        *sums.entry(key).or_default() += row["requests"].as_u64().unwrap();
+        let key = ["campaign", "country", "browser", "os", "device"]
+            .map(|k| row[k].as_str().unwrap().to_string());
+        let entry = sums.entry(key).or_default();
+        entry.0 += row["requests"].as_u64().unwrap();
+        entry.1 += row["impressions"].as_u64().unwrap();
     }
     sums
 }
