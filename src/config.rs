@@ -221,7 +221,10 @@ pub struct StatsConfig {
     pub spool_dir: PathBuf,
     /// Rows waiting in memory above which batches go to the spool.
     pub max_pending_rows: u64,
-    /// How long the sink may fail before batches go to the spool.
+    /// How long the sink may fail before batches go to the spool. 0 (the default) spools a
+    /// batch as soon as a write fails, so a crash during an outage loses at most the counts of
+    /// the current interval; more keeps batches in memory through short outages (fewer disk
+    /// writes, but a `kill -9` during the outage loses them).
     #[serde(with = "duration_str")]
     pub spool_after: Duration,
     /// Size of the spool above which new batches are dropped (and counted as lost).
@@ -245,7 +248,7 @@ impl Default for StatsConfig {
             auto_migrate: true,
             spool_dir: "data/spool".into(),
             max_pending_rows: 200_000,
-            spool_after: Duration::from_secs(60),
+            spool_after: Duration::ZERO,
             spool_max_bytes: 1 << 30,
             write_timeout: Duration::from_secs(10),
             sqlite: SqliteConfig::default(),

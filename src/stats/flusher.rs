@@ -158,6 +158,10 @@ impl Flusher {
                 self.spool_queue();
             }
             self.deliver().await;
+            // A write that just failed may call for the spool at once (spool_after = 0).
+            if self.must_spool() {
+                self.spool_queue();
+            }
         }
         self.finish(grace).await;
     }

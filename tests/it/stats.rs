@@ -140,13 +140,15 @@ fn an_unusable_sqlite_path_is_a_start_up_error() {
 }
 
 /// Outage and restart test shared by the ClickHouse and MariaDB sinks.
-fn outage_and_spool(tag: &str, service: &str, stats_section: &str) {
+/// `spool_after` differs per sink so both paths run: failed batches kept in memory for a while
+/// (ClickHouse, "1s") and spooled at once (MariaDB, the default "0s").
+fn outage_and_spool(tag: &str, service: &str, spool_after: &str, stats_section: &str) {
     let _exclusive = service_lock();
     let dir = temp_dir(tag);
     let cfg = config(
         &dir,
         "",
-        &format!("[stats]\n{FAST_FLUSH}spool_after = \"1s\"\n{stats_section}"),
+        &format!("[stats]\n{FAST_FLUSH}spool_after = {spool_after:?}\n{stats_section}"),
     );
     let s = Server::start_in(&dir, &cfg, &seed_campaigns());
     let mut rounds = 0;
@@ -210,6 +212,7 @@ fn clickhouse_outage_and_spool_replay_lose_and_double_nothing() {
     outage_and_spool(
         "clickhouse",
         "clickhouse",
+        "1s",
         &format!("sink = \"clickhouse\"\n[stats.clickhouse]\nurl = {url:?}\ndatabase = {db:?}\n"),
     );
 }
@@ -223,6 +226,7 @@ fn mysql_outage_and_spool_replay_lose_and_double_nothing() {
     outage_and_spool(
         "mysql",
         "mariadb",
+        "0s",
         &format!("sink = \"mysql\"\n[stats.mysql]\nurl = {url:?}\ntable = {table:?}\n"),
     );
 }
