@@ -203,7 +203,7 @@ impl TargetingIndex {
         Some(first)
     }
 
-    /// Every eligible position, highest bid first (for `explain` and tests).
+    /// Every eligible position, highest bid first (tests check it against `auction::explain`).
     pub fn eligible(&self, visitor: &Visitor) -> Vec<usize> {
         let lookup = self.lookup(visitor);
         (0..self.run_end.len())
