@@ -198,6 +198,16 @@ fn serve(path: Option<&Path>) -> Result<()> {
         );
     }
     runtime.block_on(async {
+        // Signal handlers first: a signal must never meet the default action once we serve.
+        let signals = shutdown::signals()?;
+        let reloader = reload::watch(
+            config.campaigns.file.clone(),
+            core.catalogue.clone(),
+            config.campaigns.watch_interval,
+            metrics.clone(),
+            listeners_rx.clone(),
+        );
+        tokio::spawn(reloader);
         let ad_listener = tokio::net::TcpListener::bind(config.server_listen()?)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -219,20 +229,14 @@ fn serve(path: Option<&Path>) -> Result<()> {
                 grace,
             )));
         }
-        tokio::spawn(reload::watch(
-            config.campaigns.file.clone(),
-            core.catalogue.clone(),
-            config.campaigns.watch_interval,
-            metrics.clone(),
-            listeners_rx.clone(),
-        ));
+
         let ads = tokio::spawn(server::serve(
             ad_listener,
             Arc::new(AdRoutes { decider }),
             listeners_rx,
             grace,
         ));
-        let signal = shutdown::signal().await?;
+        let signal = signals.await;
         tracing::info!("{signal}: stopping; in-flight requests have {grace:?} to finish");
         listeners_stop.fire();
         let _ = ads.await;

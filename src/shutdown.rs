@@ -31,13 +31,16 @@ pub async fn wait(rx: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Waits for SIGTERM or SIGINT.
-pub async fn signal() -> std::io::Result<&'static str> {
+/// Registers for SIGTERM and SIGINT now (so a signal that arrives before anyone waits is not
+/// lost to the default action), and returns the future that waits for the first of them.
+pub fn signals() -> std::io::Result<impl Future<Output = &'static str>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     })
 }

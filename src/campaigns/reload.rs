@@ -71,14 +71,16 @@ pub async fn reload(path: &Path, handle: &CatalogueHandle, metrics: &Metrics, wh
     }
 }
 
-/// Watches `path` until `shutdown`: reloads when it changes and on SIGHUP.
-pub async fn watch(
+/// Watches `path` until `shutdown`: reloads when it changes and on SIGHUP. SIGHUP is registered
+/// when this is called, not when the future first runs, so an early SIGHUP cannot kill the
+/// process (the default action).
+pub fn watch(
     path: PathBuf,
     handle: CatalogueHandle,
     interval: Duration,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> impl Future<Output = ()> {
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -87,22 +89,24 @@ pub async fn watch(
         }
     };
     let mut last = fingerprint(&path);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {
-                let now = fingerprint(&path);
-                if now != last {
-                    last = now;
-                    if last.is_some() {
-                        reload(&path, &handle, &metrics, "file changed").await;
+    async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {
+                    let now = fingerprint(&path);
+                    if now != last {
+                        last = now;
+                        if last.is_some() {
+                            reload(&path, &handle, &metrics, "file changed").await;
+                        }
                     }
                 }
+                Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    last = fingerprint(&path);
+                    reload(&path, &handle, &metrics, "SIGHUP").await;
+                }
+                _ = crate::shutdown::wait(&mut shutdown) => return,
             }
-            Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                last = fingerprint(&path);
-                reload(&path, &handle, &metrics, "SIGHUP").await;
-            }
-            _ = crate::shutdown::wait(&mut shutdown) => return,
         }
     }
 }
