@@ -15,6 +15,24 @@ use super::Batch;
 use super::report::{ReportQuery, ReportRow};
 use crate::config::{SinkKind, StatsConfig};
 
+/// How long the SQL sinks remember applied batch ids. A batch is replayed within minutes or, after
+/// a long outage, days; an id older than this is deleted (about once an hour), so
+/// `rotator_batches` stays small. A batch replayed after this long would count again.
+pub const BATCH_ID_RETENTION_DAYS: u32 = 30;
+
+/// How often, at most, the SQL sinks delete expired batch ids.
+pub const BATCH_ID_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Whether it is time to prune again: true at most once per [`BATCH_ID_PRUNE_EVERY`].
+pub fn prune_due(last: &std::sync::Mutex<Option<std::time::Instant>>) -> bool {
+    let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_some_and(|t| t.elapsed() < BATCH_ID_PRUNE_EVERY) {
+        return false;
+    }
+    *last = Some(std::time::Instant::now());
+    true
+}
+
 /// Why a sink operation failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{sink}: {message}")]

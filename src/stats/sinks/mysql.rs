@@ -52,6 +52,8 @@ pub struct MysqlSink {
     pool: Pool,
     /// The table name, quoted for SQL.
     table: String,
+    /// When expired batch ids were last deleted.
+    pruned: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Whether a retry can help.
@@ -190,6 +192,7 @@ impl MysqlSink {
         Ok(MysqlSink {
             pool: Pool::new(opts),
             table: quote(&config.table),
+            pruned: std::sync::Mutex::new(None),
         })
     }
 
@@ -257,6 +260,14 @@ impl MysqlSink {
                 upsert_sql(&self.table, chunk.len()),
                 Params::Positional(params),
             )
+            .await
+            .map_err(err)?;
+        }
+        if super::prune_due(&self.pruned) {
+            let days = super::BATCH_ID_RETENTION_DAYS;
+            tx.query_drop(format!(
+                "DELETE FROM rotator_batches WHERE applied_at < NOW() - INTERVAL {days} DAY"
+            ))
             .await
             .map_err(err)?;
         }

@@ -25,6 +25,8 @@ pub const SCHEMA: &str = include_str!("../../../schema/sqlite.sql");
 pub struct SqliteSink {
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
+    /// When expired batch ids were last deleted.
+    pruned: Mutex<Option<std::time::Instant>>,
 }
 
 fn err(e: impl std::fmt::Display) -> SinkError {
@@ -55,6 +57,7 @@ impl SqliteSink {
         Ok(SqliteSink {
             path,
             conn: Arc::new(Mutex::new(conn)),
+            pruned: Mutex::new(None),
         })
     }
 
@@ -84,8 +87,14 @@ impl SqliteSink {
     /// Applies `batch` once: a replay of an applied batch is a no-op.
     pub async fn write(&self, batch: &Batch) -> Result<(), SinkError> {
         let batch = batch.clone();
+        let prune = super::prune_due(&self.pruned);
         self.blocking(move |c| {
             let tx = c.transaction().map_err(err)?;
+            if prune {
+                let cutoff = i64::from(super::BATCH_ID_RETENTION_DAYS) * 86_400;
+                tx.execute("DELETE FROM rotator_batches WHERE applied_at < strftime('%s', 'now') - ?1", params![cutoff])
+                    .map_err(err)?;
+            }
             let fresh = tx
                 .execute("INSERT OR IGNORE INTO rotator_batches (batch_id, rows) VALUES (?1, ?2)", params![batch.id, batch.rows.len()])
                 .map_err(err)?;
@@ -218,6 +227,47 @@ mod tests {
             by: vec![],
         };
         assert_eq!(sink.report(&q).await.unwrap()[0].requests, 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn expired_batch_ids_are_pruned() {
+        let dir = std::env::temp_dir().join(format!("rotator-sqlite-prune-{}", fastrand::u64(..)));
+        let sink = SqliteSink::open(&SqliteConfig {
+            path: dir.join("stats.db"),
+        })
+        .unwrap();
+        sink.migrate().await.unwrap();
+        let old = (super::super::BATCH_ID_RETENTION_DAYS as i64 + 1) * 86_400;
+        sink.blocking(move |c| {
+            c.execute("INSERT INTO rotator_batches (batch_id, rows, applied_at) VALUES ('old', 1, strftime('%s', 'now') - ?1)", params![old])
+                .map_err(err)?;
+            c.execute("INSERT INTO rotator_batches (batch_id, rows) VALUES ('recent', 1)", []).map_err(err)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        sink.write(&Batch {
+            id: "new".into(),
+            rows: vec![row(60, 1, 1)],
+        })
+        .await
+        .unwrap();
+        let ids: Vec<String> = sink
+            .blocking(|c| {
+                let mut st = c
+                    .prepare("SELECT batch_id FROM rotator_batches ORDER BY batch_id")
+                    .map_err(err)?;
+                let ids = st
+                    .query_map([], |r| r.get(0))
+                    .map_err(err)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(err)?;
+                Ok(ids)
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids, ["new", "recent"]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
