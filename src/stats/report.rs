@@ -106,26 +106,19 @@ pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> 
     let mut out = String::new();
     match format {
         Format::Json => {
-            #[derive(Serialize)]
-            struct Line<'a> {
-                #[serde(flatten)]
-                group: serde_json::Map<String, serde_json::Value>,
-                requests: u64,
-                impressions: u64,
-                fill_rate: f64,
-                #[serde(skip)]
-                _p: std::marker::PhantomData<&'a ()>,
-            }
-            let line = |r: &ReportRow| Line {
-                group: names
+            let line = |r: &ReportRow| {
+                let mut fields: serde_json::Map<String, serde_json::Value> = names
                     .iter()
                     .zip(&r.group)
                     .map(|(n, v)| (n.to_string(), v.clone().into()))
-                    .collect(),
-                requests: r.requests,
-                impressions: r.impressions,
-                fill_rate: fill_rate(r.requests, r.impressions),
-                _p: std::marker::PhantomData,
+                    .collect();
+                fields.insert("requests".into(), r.requests.into());
+                fields.insert("impressions".into(), r.impressions.into());
+                fields.insert(
+                    "fill_rate".into(),
+                    fill_rate(r.requests, r.impressions).into(),
+                );
+                serde_json::Value::Object(fields)
             };
             let doc = serde_json::json!({
                 "from": query.from,

@@ -63,6 +63,24 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     }
 }
 
+/// A batch as file contents: the header line and the batch as JSON.
+fn encode(batch: &Batch, dir: &Path) -> Result<String, SpoolError> {
+    let json = serde_json::to_string(batch).map_err(|e| SpoolError::Corrupt {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(format!("{HEADER}\n{json}\n"))
+}
+
+/// Writes `body` so that `path` is complete or absent: to `tmp`, fsync, rename, fsync `dir`.
+fn write_durably(dir: &Path, tmp: &Path, path: &Path, body: &str) -> Result<(), SpoolError> {
+    let mut file = File::create(tmp).map_err(io(tmp))?;
+    file.write_all(body.as_bytes()).map_err(io(tmp))?;
+    file.sync_all().map_err(io(tmp))?;
+    fs::rename(tmp, path).map_err(io(path))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
 /// The spool folder and what is in it.
 pub struct Spool {
     dir: PathBuf,
@@ -106,11 +124,8 @@ impl Spool {
 
     /// Appends a batch after every batch already spooled.
     pub fn push(&mut self, batch: &Batch) -> Result<(), SpoolError> {
-        let body = serde_json::to_string(batch).map_err(|e| SpoolError::Corrupt {
-            path: self.dir.clone(),
-            message: e.to_string(),
-        })?;
-        let size = (HEADER.len() + body.len() + 2) as u64;
+        let body = encode(batch, &self.dir)?;
+        let size = body.len() as u64;
         if self.bytes + size > self.max_bytes {
             return Err(SpoolError::Full {
                 path: self.dir.clone(),
@@ -119,16 +134,12 @@ impl Spool {
             });
         }
         let seq = self.files.last_key_value().map_or(1, |(s, _)| s + 1);
-        let tmp = self.path(seq, "tmp");
-        let done = self.path(seq, "batch");
-        let mut file = File::create(&tmp).map_err(io(&tmp))?;
-        file.write_all(format!("{HEADER}\n{body}\n").as_bytes())
-            .map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
-        fs::rename(&tmp, &done).map_err(io(&done))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))?;
+        write_durably(
+            &self.dir,
+            &self.path(seq, "tmp"),
+            &self.path(seq, "batch"),
+            &body,
+        )?;
         self.files.insert(seq, size);
         self.bytes += size;
         Ok(())
@@ -175,28 +186,36 @@ impl Spool {
         let to = if corrupt {
             self.path(seq, "corrupt")
         } else {
-            let dir = self.dir.join("rejected");
-            fs::create_dir_all(&dir).map_err(io(&dir))?;
-            // Sequence numbers restart when the spool empties; the time keeps names unique.
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            dir.join(format!("{now}-{seq:020}.batch"))
+            self.rejected_path(seq)?
         };
         fs::rename(&from, &to).map_err(io(&from))?;
         self.forget(seq);
         Ok(to)
     }
 
-    /// Writes a batch that never was in the spool straight to `rejected/`.
+    /// Writes a batch that never was in the spool straight to `rejected/` (the spool's size
+    /// limit does not apply: these are kept for an operator, not replayed).
     pub fn reject(&mut self, batch: &Batch) -> Result<PathBuf, SpoolError> {
-        let max = self.max_bytes;
-        self.max_bytes = u64::MAX;
-        let pushed = self.push(batch);
-        self.max_bytes = max;
-        pushed?;
-        let seq = self.files.last_key_value().map_or(0, |(s, _)| *s);
-        self.set_aside(seq, false)
+        let body = encode(batch, &self.dir)?;
+        let to = self.rejected_path(0)?;
+        write_durably(
+            &self.dir.join("rejected"),
+            &to.with_extension("tmp"),
+            &to,
+            &body,
+        )?;
+        Ok(to)
+    }
+
+    /// A fresh name in `rejected/`. Sequence numbers restart when the spool empties; the time
+    /// keeps names unique.
+    fn rejected_path(&self, seq: u64) -> Result<PathBuf, SpoolError> {
+        let dir = self.dir.join("rejected");
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Ok(dir.join(format!("{now}-{seq:020}.batch")))
     }
 
     fn forget(&mut self, seq: u64) {

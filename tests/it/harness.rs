@@ -31,16 +31,15 @@ pub fn seed_campaigns() -> String {
     std::fs::read_to_string(repo().join("campaigns.toml")).unwrap()
 }
 
-/// A config for tests: ephemeral ports, the bundled country database, `extra` appended
-/// (sections it names must not repeat the ones here).
-pub fn config(dir: &Path, server_extra: &str, rest: &str) -> String {
+/// A config for tests: ephemeral ports, the bundled country database; `server_extra` goes into
+/// `[server]`, `rest` is appended (its sections must not repeat the ones here).
+pub fn config(server_extra: &str, rest: &str) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ndefault_url = \"https://default.example\"\nshutdown_grace = \"5s\"\n{server_extra}\n\
          [geoip]\ndatabase = {:?}\n[campaigns]\nfile = \"campaigns.toml\"\nwatch_interval = \"200ms\"\n\
          [metrics]\nlisten = \"127.0.0.1:0\"\n{rest}\n",
         repo().join("data/country.mmdb").display().to_string(),
     )
-    .replace("{dir}", &dir.display().to_string())
 }
 
 /// A running server.

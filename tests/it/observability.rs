@@ -127,7 +127,7 @@ fn promtool_accepts_the_metrics_and_the_prometheus_config() {
     let dir = temp_dir("promtool");
     let s = Server::start_in(
         &dir,
-        &config(&dir, "", "[stats]\nsink = \"none\"\n"),
+        &config("", "[stats]\nsink = \"none\"\n"),
         &seed_campaigns(),
     );
     for _ in 0..3 {
@@ -220,7 +220,6 @@ fn every_service_dashboard_query_returns_data_from_real_prometheus() {
     let s = Server::start_in(
         &dir,
         &config(
-            &dir,
             "",
             "[stats]\nsink = \"sqlite\"\nflush_interval = \"200ms\"\n",
         ),
@@ -347,7 +346,6 @@ fn every_business_dashboard_query_returns_rows_from_real_clickhouse() {
     let s = Server::start_in(
         &dir,
         &config(
-            &dir,
             "",
             &format!(
                 "[stats]\nsink = \"clickhouse\"\nflush_interval = \"200ms\"\n\

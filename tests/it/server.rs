@@ -18,7 +18,7 @@ fn seed_server(tag: &str, server_extra: &str) -> Server {
     let dir = temp_dir(tag);
     Server::start_in(
         &dir,
-        &config(&dir, server_extra, "[stats]\nsink = \"none\"\n"),
+        &config(server_extra, "[stats]\nsink = \"none\"\n"),
         &seed_campaigns(),
     )
 }
@@ -260,7 +260,7 @@ fn start_up_failures_name_the_file_in_one_line() {
 fn check_and_explain() {
     let dir = temp_dir("explain");
     std::fs::write(dir.join("campaigns.toml"), seed_campaigns()).unwrap();
-    std::fs::write(dir.join("rotator.toml"), config(&dir, "", "")).unwrap();
+    std::fs::write(dir.join("rotator.toml"), config("", "")).unwrap();
     let cfg = dir.join("rotator.toml");
     let cfg = cfg.to_str().unwrap();
     let (status, out, err) = run(&["check", "--config", cfg], None);
@@ -351,11 +351,7 @@ fn hot_reload_on_change_refuses_bad_files_and_reloads_on_sighup() {
 #[test]
 fn json_logs_and_no_line_per_request() {
     let dir = temp_dir("jsonlog");
-    let cfg = config(
-        &dir,
-        "",
-        "[stats]\nsink = \"none\"\n[log]\nformat = \"json\"\n",
-    );
+    let cfg = config("", "[stats]\nsink = \"none\"\n[log]\nformat = \"json\"\n");
     let s = Server::start_in(&dir, &cfg, &seed_campaigns());
     for _ in 0..50 {
         s.ad(RU, CHROME);

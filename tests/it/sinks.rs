@@ -234,12 +234,7 @@ fn clickhouse_config(url: &str, database: &str, table: &str) -> ClickhouseConfig
 #[test]
 fn clickhouse_sink_writes_reports_and_classifies_errors() {
     // Not while an outage test has the server stopped.
-    let _exclusive = crate::support::service_lock();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(clickhouse_sink_writes_reports_and_classifies_errors_async());
+    crate::support::exclusive(clickhouse_sink_writes_reports_and_classifies_errors_async());
 }
 
 async fn clickhouse_sink_writes_reports_and_classifies_errors_async() {
@@ -355,12 +350,7 @@ async fn mysql_admin(url: &str, sql: &str) -> Result<Vec<mysql_async::Row>, mysq
 #[test]
 fn mysql_sink_writes_exactly_once_reports_and_classifies_errors() {
     // Not while an outage test has the server stopped.
-    let _exclusive = crate::support::service_lock();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(mysql_sink_writes_exactly_once_reports_and_classifies_errors_async());
+    crate::support::exclusive(mysql_sink_writes_exactly_once_reports_and_classifies_errors_async());
 }
 
 async fn mysql_sink_writes_exactly_once_reports_and_classifies_errors_async() {

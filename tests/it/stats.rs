@@ -96,11 +96,7 @@ const FAST_FLUSH: &str = "flush_interval = \"200ms\"\nwrite_timeout = \"2s\"\n";
 fn sqlite_counts_every_request_exactly_once_and_flushes_at_shutdown() {
     let dir = temp_dir("sqlite");
     // A long interval: only the shutdown flush can deliver these rows.
-    let cfg = config(
-        &dir,
-        "",
-        "[stats]\nsink = \"sqlite\"\nflush_interval = \"1h\"\n",
-    );
+    let cfg = config("", "[stats]\nsink = \"sqlite\"\nflush_interval = \"1h\"\n");
     let s = Server::start_in(&dir, &cfg, &seed_campaigns());
     for _ in 0..5 {
         send_round(&s);
@@ -121,7 +117,6 @@ fn an_unusable_sqlite_path_is_a_start_up_error() {
     let dir = temp_dir("sqlite-bad");
     std::fs::write(dir.join("blocked"), "a file, not a folder").unwrap();
     let cfg = config(
-        &dir,
         "",
         "[stats]\nsink = \"sqlite\"\n[stats.sqlite]\npath = \"blocked/stats.db\"\n",
     );
@@ -146,7 +141,6 @@ fn outage_and_spool(tag: &str, service: &str, spool_after: &str, stats_section: 
     let _exclusive = service_lock();
     let dir = temp_dir(tag);
     let cfg = config(
-        &dir,
         "",
         &format!("[stats]\n{FAST_FLUSH}spool_after = {spool_after:?}\n{stats_section}"),
     );

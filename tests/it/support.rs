@@ -25,3 +25,13 @@ pub fn service_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Runs an async test body on a current-thread runtime while holding [`service_lock`].
+pub fn exclusive<F: std::future::Future>(body: F) -> F::Output {
+    let _exclusive = service_lock();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(body)
+}
