@@ -2,7 +2,7 @@
 //! the statistics counter and the whole decision. `cargo bench --bench decision`.
 //!
 //! Visitors come from the synthetic traffic file (`$BENCH_TRAFFIC`, default
-//! `../shared/data/traffic/synthetic-requests.tsv`); campaigns are generated with a fixed seed.
+//! `tests/data/traffic/synthetic-requests.tsv`); campaigns are generated with a fixed seed.
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -27,7 +27,7 @@ use rotator::visitor::user_agent::UserAgentParser;
 
 const DEFAULT_TRAFFIC: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/traffic/synthetic-requests.tsv"
+    "/tests/data/traffic/synthetic-requests.tsv"
 );
 const GEOIP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/country.mmdb");
 

@@ -2,7 +2,7 @@
 -- the row's address as X-Forwarded-For and its User-Agent as User-Agent to /ad.
 --
 -- Traffic file: $BENCH_TRAFFIC, or the first script argument (wrk ... -s bench.lua URL -- FILE),
--- default ../shared/data/traffic/synthetic-requests.tsv. Lines starting with # are skipped.
+-- default tests/data/traffic/synthetic-requests.tsv. Lines starting with # are skipped.
 -- Each wrk thread has its own Lua state, so every thread reads the file in init() and prebuilds
 -- its request strings; threads start at different offsets so they do not send the same rows.
 
@@ -12,7 +12,7 @@ local i = 0
 
 function init(args)
    local path = args[1] or os.getenv("BENCH_TRAFFIC")
-      or "../shared/data/traffic/synthetic-requests.tsv"
+      or "tests/data/traffic/synthetic-requests.tsv"
    local f = assert(io.open(path, "r"))
    for line in f:lines() do
       if line:sub(1, 1) ~= "#" and line ~= "" then

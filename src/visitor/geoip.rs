@@ -160,12 +160,12 @@ impl GeoIp {
 mod tests {
     use super::*;
 
-    const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/geoip");
+    const TEST_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/geoip");
 
     fn check_expected(db: &str) -> usize {
-        let geoip = GeoIp::open(&Path::new(SHARED).join(format!("{db}.mmdb"))).unwrap();
+        let geoip = GeoIp::open(&Path::new(TEST_DATA).join(format!("{db}.mmdb"))).unwrap();
         let tsv =
-            std::fs::read_to_string(Path::new(SHARED).join(format!("{db}.expected-country.tsv")))
+            std::fs::read_to_string(Path::new(TEST_DATA).join(format!("{db}.expected-country.tsv")))
                 .unwrap();
         let mut checked = 0;
         for line in tsv.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
@@ -200,7 +200,7 @@ mod tests {
         .unwrap();
         let tsv = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/data/geoip-full/expected-lookups.tsv"
+            "/tests/data/geoip/full-expected-lookups.tsv"
         ))
         .unwrap();
         let mut checked = 0;
@@ -224,7 +224,7 @@ mod tests {
 
     #[test]
     fn addresses_outside_the_test_database_have_no_country() {
-        let geoip = GeoIp::open(&Path::new(SHARED).join("GeoIP2-Country-Test.mmdb")).unwrap();
+        let geoip = GeoIp::open(&Path::new(TEST_DATA).join("GeoIP2-Country-Test.mmdb")).unwrap();
         for ip in ["8.8.8.8", "1.1.1.1", "127.0.0.1", "2001:4860:4860::8888"] {
             assert_eq!(geoip.country(ip.parse().unwrap()).unwrap(), None, "{ip}");
         }
@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn broken_databases_give_errors_not_panics() {
-        let bad = Path::new(SHARED).join("bad");
+        let bad = Path::new(TEST_DATA).join("bad");
         let mut refused = 0;
         for entry in std::fs::read_dir(&bad).unwrap() {
             let path = entry.unwrap().path();

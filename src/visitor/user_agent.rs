@@ -439,10 +439,10 @@ mod tests {
     fn synthetic_requests_match_expected_families() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/data/traffic/synthetic-requests.tsv"
+            "/tests/data/traffic/synthetic-requests.tsv"
         );
         let text =
-            std::fs::read_to_string(path).expect("../shared/data/traffic/synthetic-requests.tsv");
+            std::fs::read_to_string(path).expect("tests/data/traffic/synthetic-requests.tsv");
         let (mut checked, mut mismatched, mut bots) = (0, Vec::new(), 0);
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let f: Vec<&str> = line.split('\t').collect();

@@ -74,7 +74,7 @@ fn a_decision_allocates_nothing_in_the_steady_state() {
     .unwrap();
 
     let tsv = std::fs::read_to_string(
-        Path::new(&repo()).join("../shared/data/traffic/synthetic-requests.tsv"),
+        Path::new(&repo()).join("tests/data/traffic/synthetic-requests.tsv"),
     )
     .unwrap();
     let forwarded = HeaderName::from_static("x-forwarded-for");

@@ -217,7 +217,7 @@ fn start_up_failures_name_the_file_in_one_line() {
         (
             format!(
                 "[geoip]\ndatabase = {:?}\n",
-                repo().join("../shared/data/geoip/bad/GeoIP2-City-Test-Invalid-Node-Count.mmdb")
+                repo().join("tests/data/geoip/bad/GeoIP2-City-Test-Invalid-Node-Count.mmdb")
             ),
             "GeoIP2-City-Test-Invalid-Node-Count.mmdb",
         ),
