@@ -303,12 +303,15 @@ fn explain(path: Option<&Path>, ip: Option<IpAddr>, ua: &str, stdin: bool) -> Re
         writeln!(out)?;
         return Ok(());
     }
-    for (n, line) in std::io::stdin().lock().lines().enumerate() {
+    // Lines are read as bytes: a log line with a byte that is not UTF-8 is read lossily (the
+    // User-Agent gets U+FFFD) instead of ending the batch.
+    for (n, line) in std::io::stdin().lock().split(b'\n').enumerate() {
         let line = line.with_context(|| format!("stdin line {}", n + 1))?;
+        let line = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(&line));
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (ip_text, ua) = line.split_once('\t').unwrap_or((line.as_str(), ""));
+        let (ip_text, ua) = line.split_once('\t').unwrap_or((&line, ""));
         match ip_text.trim().parse::<IpAddr>() {
             Ok(ip) => serde_json::to_writer(&mut out, &decider.explain(ip, ua))?,
             Err(_) => serde_json::to_writer(
