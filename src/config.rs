@@ -8,10 +8,12 @@
 //! (`ROTATOR_STATS_CLICKHOUSE_URL` sets `[stats.clickhouse] url`). Relative paths resolve against
 //! the folder of the config file, or the working folder when there is no file.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hyper::header::HeaderValue;
 use serde::{Deserialize, Serialize};
 
 use crate::visitor::client_ip::TrustedProxies;
@@ -24,6 +26,21 @@ const ENV_PREFIX: &str = "ROTATOR_";
 
 /// Environment variables with this prefix belong to the test harness, not to the config.
 const ENV_TEST_PREFIX: &str = "ROTATOR_TEST_";
+
+/// Accepted `watch_interval`, `flush_interval` and `write_timeout`: shorter spins a core (or, for
+/// writes, fails every batch); longer is a mistake (and an hour already loses a lot on a crash).
+const INTERVAL_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
+
+/// Accepted `shutdown_grace`: a deployment waits no longer than this for a stop anyway, and
+/// larger values overflow the clock arithmetic of the shutdown deadline.
+const GRACE_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(3600);
+
+/// Accepted `spool_after`: up to a day of outage held in memory.
+const SPOOL_AFTER_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(86_400);
+
+/// Log levels a `[log] level` directive may end with.
+const LOG_LEVELS: &str = "trace, debug, info, warn, error, off";
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +105,9 @@ pub struct Config {
     /// `ROTATOR_*` environment variables that match no key; `serve` warns about them. Not a key.
     #[serde(skip)]
     pub unknown_env: Vec<String>,
+    /// Values that work but are probably a mistake; `check` prints them, `serve` logs them.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// `[server]`
@@ -355,7 +375,7 @@ impl Config {
     /// working folder if present, else the defaults; then applies `ROTATOR_*` variables from
     /// the process environment, resolves relative paths and validates.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::load_with_env(path, std::env::vars())
+        Self::load_with_env(path, rotator_env()?)
     }
 
     /// [`Config::load`] with an explicit environment, so tests need not touch the process's.
@@ -404,7 +424,9 @@ impl Config {
             _ => PathBuf::from("."),
         };
         config.resolve_paths(&base);
+        config.clickhouse_credentials()?;
         config.validate()?;
+        config.warnings = config.doubts();
         Ok(config)
     }
 
@@ -419,6 +441,39 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
+    }
+
+    /// Moves a `user:password@` of `[stats.clickhouse] url` into `user` and `password`. The
+    /// ClickHouse client ignores credentials in the URL (they would not log in), and its HTTP
+    /// pool prints the URL's authority at trace level (they would leak into logs).
+    fn clickhouse_credentials(&mut self) -> Result<(), ConfigError> {
+        let ch = &mut self.stats.clickhouse;
+        let Some((scheme, rest)) = ch.url.split_once("://") else {
+            return Ok(());
+        };
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let Some((userinfo, host)) = rest[..authority_end].rsplit_once('@') else {
+            return Ok(());
+        };
+        if !ch.password.is_empty() {
+            return Err(self.invalid(
+                "stats.clickhouse",
+                "url",
+                "has a password and so has [stats.clickhouse] password; keep only one".into(),
+            ));
+        }
+        let decode = |text: &str| {
+            percent_encoding::percent_decode_str(text)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        if !user.is_empty() {
+            ch.user = decode(user);
+        }
+        ch.password = decode(password);
+        ch.url = format!("{scheme}://{host}{}", &rest[authority_end..]);
+        Ok(())
     }
 
     fn invalid(&self, section: &'static str, key: &'static str, message: String) -> ConfigError {
@@ -438,23 +493,95 @@ impl Config {
             .map_err(|m| self.invalid("server", "default_url", m))?;
         TrustedProxies::parse(&self.server.trusted_proxies)
             .map_err(|m| self.invalid("server", "trusted_proxies", m))?;
-        if self.stats.flush_interval.is_zero() {
-            return Err(self.invalid("stats", "flush_interval", "must be more than zero".into()));
-        }
-        if self.campaigns.watch_interval.is_zero() {
-            return Err(self.invalid(
+        self.listeners_apart()?;
+        for (section, key, value, range) in [
+            (
+                "server",
+                "shutdown_grace",
+                self.server.shutdown_grace,
+                GRACE_RANGE,
+            ),
+            (
                 "campaigns",
                 "watch_interval",
-                "must be more than zero".into(),
-            ));
-        }
-        if self.stats.write_timeout.is_zero() {
-            return Err(self.invalid("stats", "write_timeout", "must be more than zero".into()));
+                self.campaigns.watch_interval,
+                INTERVAL_RANGE,
+            ),
+            (
+                "stats",
+                "flush_interval",
+                self.stats.flush_interval,
+                INTERVAL_RANGE,
+            ),
+            (
+                "stats",
+                "spool_after",
+                self.stats.spool_after,
+                SPOOL_AFTER_RANGE,
+            ),
+            (
+                "stats",
+                "write_timeout",
+                self.stats.write_timeout,
+                INTERVAL_RANGE,
+            ),
+        ] {
+            if !range.contains(&value) {
+                return Err(self.invalid(
+                    section,
+                    key,
+                    format!(
+                        "{} is out of range: must be from {} to {}",
+                        humantime::format_duration(value),
+                        humantime::format_duration(*range.start()),
+                        humantime::format_duration(*range.end())
+                    ),
+                ));
+            }
         }
         if self.stats.max_pending_rows == 0 {
             return Err(self.invalid("stats", "max_pending_rows", "must be more than zero".into()));
         }
+        check_log_level(&self.log.level).map_err(|m| self.invalid("log", "level", m))?;
         Ok(())
+    }
+
+    /// Refuses an ad and a metrics listener on the same port of overlapping addresses: the
+    /// second bind would fail only at start, after `check` said the file was fine.
+    fn listeners_apart(&self) -> Result<(), ConfigError> {
+        let (ads, Some(metrics)) = (self.server_listen()?, self.metrics_listen()?) else {
+            return Ok(());
+        };
+        let overlap =
+            ads.ip() == metrics.ip() || ads.ip().is_unspecified() || metrics.ip().is_unspecified();
+        if ads.port() != 0 && ads.port() == metrics.port() && overlap {
+            return Err(self.invalid(
+                "metrics",
+                "listen",
+                format!(
+                    "{} uses the port of [server] listen = {:?}; give each listener its own port",
+                    self.metrics.listen, self.server.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Values that work but are probably a mistake.
+    fn doubts(&self) -> Vec<String> {
+        self.server
+            .trusted_proxies
+            .iter()
+            .filter(|entry| too_wide(entry))
+            .map(|entry| {
+                format!(
+                    "{}: [server] trusted_proxies: {entry:?} is wider than any private network: \
+                     every client in it can claim any address in forwarding headers; list only \
+                     your proxies' networks",
+                    self.source_name
+                )
+            })
+            .collect()
     }
 
     /// The ad-serving listener address.
@@ -519,22 +646,96 @@ fn read(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
-/// Accepts absolute `http` and `https` URLs that can be sent in a `Location` header.
-pub fn check_url(url: &str) -> Result<(), String> {
+/// The `ROTATOR_*` variables of the process environment (but the test harness's
+/// `ROTATOR_TEST_*`). Other variables are not read, so one that is not UTF-8 (a locale's file
+/// name, say) cannot stop the program.
+fn rotator_env() -> Result<Vec<(String, String)>, ConfigError> {
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name
+            .to_str()
+            .filter(|n| n.starts_with(ENV_PREFIX) && !n.starts_with(ENV_TEST_PREFIX))
+        else {
+            continue;
+        };
+        let value = value.into_string().map_err(|raw| ConfigError::Env {
+            var: name.to_string(),
+            message: format!("{raw:?} is not valid UTF-8"),
+        })?;
+        vars.push((name.to_string(), value));
+    }
+    Ok(vars)
+}
+
+/// Checks a `[log] level` filter: comma-separated directives, each a level or `target=level`.
+/// `tracing` itself reads a bare unknown word as a target name, which turns logging off
+/// without a word; here it is refused.
+pub fn check_log_level(filter: &str) -> Result<(), String> {
+    for directive in filter.split(',').map(str::trim) {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        // `tracing` reads an empty level as `error`; here it is a mistake.
+        if level.is_empty()
+            || level
+                .parse::<tracing::level_filters::LevelFilter>()
+                .is_err()
+        {
+            return Err(format!(
+                "{directive:?} is not a level ({LOG_LEVELS}) or target=level"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(drop)
+        .map_err(|e| format!("{filter:?}: {e}"))
+}
+
+/// Whether a `trusted_proxies` entry is wider than the widest private network of its family
+/// (`10.0.0.0/8`, `fc00::/7`): such an entry trusts a large part of the internet.
+fn too_wide(entry: &str) -> bool {
+    let (addr, len) = entry.split_once('/').unwrap_or((entry, ""));
+    let Ok(addr) = addr.trim().parse::<IpAddr>() else {
+        return false;
+    };
+    let Ok(len) = len.trim().parse::<u32>() else {
+        return false;
+    };
+    match addr {
+        IpAddr::V4(_) => len < 8,
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => len < 96 + 8,
+        IpAddr::V6(_) => len < 7,
+    }
+}
+
+/// Accepts absolute `http` and `https` URLs with a host and a port from 1 to 65535, and returns
+/// the `Location` header value for them. A URL with non-ASCII characters is sent encoded
+/// (punycode host, percent-encoded path and query: RFC 3986 section 2.1, as browsers do); an
+/// ASCII URL is sent exactly as written.
+pub fn check_url(url: &str) -> Result<HeaderValue, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "{url:?}: scheme {:?} is not http or https",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{url:?} has no host"));
+    }
+    if parsed.port() == Some(0) {
+        return Err(format!("{url:?}: port 0 cannot be connected to"));
+    }
+    if !url.is_ascii() {
+        return HeaderValue::from_str(parsed.as_str())
+            .map_err(|_| format!("{url:?} cannot be encoded for a Location header"));
+    }
     let uri: hyper::Uri = url
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") | Some("https") => {}
-        Some(other) => return Err(format!("{url:?}: scheme {other:?} is not http or https")),
-        None => return Err(format!("{url:?} is not an absolute http or https URL")),
-    }
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("{url:?} has no host"));
     }
-    hyper::header::HeaderValue::from_str(url)
-        .map_err(|_| format!("{url:?} has characters not allowed in a Location header"))?;
-    Ok(())
+    HeaderValue::from_str(url)
+        .map_err(|_| format!("{url:?} has characters not allowed in a Location header"))
 }
 
 /// Applies `ROTATOR_<SECTION>_<KEY>` variables. The set of keys is read off the defaults, so every
@@ -743,10 +944,84 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert!(check_url("https://yandex.ru").is_ok());
+        assert_eq!(check_url("https://yandex.ru").unwrap(), "https://yandex.ru");
         assert!(check_url("http://a.b/c?d=e").is_ok());
         assert!(check_url("javascript:alert(1)").is_err());
         assert!(check_url("/relative").is_err());
         assert!(check_url("https://").is_err());
+        assert!(check_url("https://a.b:99999/").is_err());
+        assert!(check_url("https://a.b:0/").is_err());
+        assert_eq!(check_url("https://a.b:65535").unwrap(), "https://a.b:65535");
+        assert_eq!(
+            check_url("https://пример.рф/ä?q=ü#é").unwrap(),
+            "https://xn--e1afmkfd.xn--p1ai/%C3%A4?q=%C3%BC#%C3%A9"
+        );
+    }
+
+    #[test]
+    fn ranges_listeners_and_levels() {
+        let err = |text: &str| load(text, &[]).unwrap_err().to_string();
+        assert!(err("[server]\nshutdown_grace = \"61m\"\n").contains("[server] shutdown_grace"));
+        assert!(err("[stats]\nflush_interval = \"99ms\"\n").contains("[stats] flush_interval"));
+        assert!(err("[stats]\nspool_after = \"2d\"\n").contains("[stats] spool_after"));
+        assert!(
+            load(
+                "[stats]\nflush_interval = \"100ms\"\nspool_after = \"1d\"\n",
+                &[]
+            )
+            .is_ok()
+        );
+        let same = "[server]\nlisten = \"0.0.0.0:9000\"\n[metrics]\nlisten = \"127.0.0.1:9000\"\n";
+        assert!(err(same).contains("[metrics] listen"));
+        let apart =
+            "[server]\nlisten = \"127.0.0.1:9000\"\n[metrics]\nlisten = \"127.0.0.2:9000\"\n";
+        assert!(load(apart, &[]).is_ok());
+        let ephemeral = "[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+        assert!(load(ephemeral, &[]).is_ok());
+        for bad in ["verbose", "", "info,", "rotator=loud", "rotator"] {
+            assert!(check_log_level(bad).is_err(), "{bad:?}");
+        }
+        for good in ["info", "WARN", "rotator=debug,info", "hyper_util=off,trace"] {
+            assert!(check_log_level(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn wide_trusted_proxies_are_doubted() {
+        for wide in [
+            "0.0.0.0/0",
+            "1.0.0.0/7",
+            "::/0",
+            "2000::/3",
+            "::ffff:0.0.0.0/96",
+        ] {
+            assert!(too_wide(wide), "{wide}");
+        }
+        for fine in [
+            "10.0.0.0/8",
+            "fc00::/7",
+            "203.0.113.7",
+            "::ffff:10.0.0.0/104",
+        ] {
+            assert!(!too_wide(fine), "{fine}");
+        }
+        let c = load("[server]\ntrusted_proxies = [\"0.0.0.0/0\"]\n", &[]).unwrap();
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("\"0.0.0.0/0\""), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn clickhouse_credentials_leave_the_url() {
+        let c = load(
+            "[stats.clickhouse]\nurl = \"https://al%69ce:p%40ss:w@ch.example:8443/?x=1\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.stats.clickhouse.url, "https://ch.example:8443/?x=1");
+        assert_eq!(c.stats.clickhouse.user, "alice");
+        assert_eq!(c.stats.clickhouse.password, "p@ss:w");
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.stats.clickhouse.url, "http://127.0.0.1:8123");
+        assert_eq!(c.stats.clickhouse.user, "default");
     }
 }

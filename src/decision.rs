@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::auction::{self, Exclusion, Outcome};
 use crate::campaigns::CatalogueHandle;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, check_url};
 use crate::metrics::Metrics;
 use crate::stats::aggregator::{Aggregator, RowKey, current_minute};
 use crate::visitor::Visitor;
@@ -81,14 +81,13 @@ impl Decider {
         let ids: Vec<u32> = catalogue.load().campaigns().iter().map(|c| c.id).collect();
         metrics.set_campaigns(&ids);
         // Both were validated when the config was loaded; these only fail on a hand-built Config.
-        let default_location = HeaderValue::from_str(&config.server.default_url).map_err(|_| {
-            ConfigError::Invalid {
+        let default_location =
+            check_url(&config.server.default_url).map_err(|message| ConfigError::Invalid {
                 source_name: config.source_name.clone(),
                 section: "server",
                 key: "default_url",
-                message: "not a valid header value".into(),
-            }
-        })?;
+                message,
+            })?;
         Ok(Decider {
             geoip,
             agents,
@@ -167,7 +166,10 @@ impl Decider {
         let catalogue = self.catalogue.load();
         let explanation = auction::explain(&catalogue, &visitor, self.bots_win);
         let (winner, url) = match auction::run(&catalogue, &visitor, self.bots_win) {
-            Outcome::Won(c) => (Some(c.id), c.url.clone()),
+            Outcome::Won(c) => (
+                Some(c.id),
+                String::from_utf8_lossy(c.location.as_bytes()).into_owned(),
+            ),
             _ => (
                 None,
                 String::from_utf8_lossy(self.default_location.as_bytes()).into_owned(),

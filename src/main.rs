@@ -2,7 +2,7 @@
 //!
 //! This is the edge: errors become one line on stderr and exit code 1.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use arc_swap::ArcSwap;
 use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
 
 use rotator::campaigns::{Catalogue, CatalogueHandle, reload};
 use rotator::config::{Config, LogFormat};
@@ -114,18 +115,32 @@ fn main() {
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // `[log] level` was checked at load; a bad RUST_LOG is warned about below, not fatal.
+    let from_env = std::env::var_os("RUST_LOG").map(|raw| {
+        raw.to_str()
+            .ok_or_else(|| "not valid UTF-8".to_string())
+            .and_then(|text| EnvFilter::try_new(text).map_err(|e| e.to_string()))
+    });
+    let filter = match &from_env {
+        Some(Ok(filter)) => filter.clone(),
+        _ => EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    if let Some(Err(e)) = from_env {
+        tracing::warn!("RUST_LOG is not a log filter ({e}); using [log] level instead");
+    }
     for var in &config.unknown_env {
         tracing::warn!("environment variable {var} matches no setting and is ignored");
+    }
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
     }
 }
 
@@ -187,6 +202,9 @@ fn serve(path: Option<&Path>) -> Result<()> {
     )?);
     {
         let catalogue = core.catalogue.load();
+        for warning in catalogue.warnings() {
+            tracing::warn!("{warning}");
+        }
         metrics.campaigns_active.set(catalogue.active() as i64);
         tracing::info!(
             campaigns = catalogue.campaigns().len(),
@@ -289,6 +307,9 @@ fn check(path: Option<&Path>) -> Result<()> {
         c.stats.sink.as_str(),
         humantime::format_duration(c.stats.flush_interval)
     )?;
+    for warning in c.warnings.iter().chain(&catalogue.warnings()) {
+        writeln!(out, "warning:   {warning}")?;
+    }
     writeln!(out, "ok")?;
     Ok(())
 }
@@ -303,12 +324,15 @@ fn explain(path: Option<&Path>, ip: Option<IpAddr>, ua: &str, stdin: bool) -> Re
         writeln!(out)?;
         return Ok(());
     }
-    for (n, line) in std::io::stdin().lock().lines().enumerate() {
+    // Lines are read as bytes: a log line with a byte that is not UTF-8 is read lossily (the
+    // User-Agent gets U+FFFD) instead of ending the batch.
+    for (n, line) in std::io::stdin().lock().split(b'\n').enumerate() {
         let line = line.with_context(|| format!("stdin line {}", n + 1))?;
+        let line = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(&line));
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (ip_text, ua) = line.split_once('\t').unwrap_or((line.as_str(), ""));
+        let (ip_text, ua) = line.split_once('\t').unwrap_or((&line, ""));
         match ip_text.trim().parse::<IpAddr>() {
             Ok(ip) => serde_json::to_writer(&mut out, &decider.explain(ip, ua))?,
             Err(_) => serde_json::to_writer(

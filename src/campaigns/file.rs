@@ -7,12 +7,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use hyper::header::HeaderValue;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::countries;
 use super::{Campaign, Targeting};
+use super::{countries, names};
 use crate::config::{check_url, one_line};
 use crate::visitor::geoip::Country;
 use crate::visitor::user_agent::Device;
@@ -128,7 +127,7 @@ pub fn parse(text: &str) -> Result<Vec<Campaign>, Vec<String>> {
         }
         let url = raw.url.get_ref().clone();
         let location = match check_url(&url) {
-            Ok(()) => HeaderValue::from_str(&url).ok(),
+            Ok(location) => Some(location),
             Err(message) => {
                 problem(raw.url.span().start, "url", message);
                 None
@@ -179,8 +178,9 @@ pub fn parse(text: &str) -> Result<Vec<Campaign>, Vec<String>> {
                     device.span().start,
                     "targeting.devices",
                     format!(
-                        "{:?} is not one of desktop, mobile, tablet, bot, other",
-                        device.get_ref()
+                        "{:?} is not one of {}",
+                        device.get_ref(),
+                        Device::ALL.map(Device::as_str).join(", ")
                     ),
                 ),
             }
@@ -202,6 +202,39 @@ pub fn parse(text: &str) -> Result<Vec<Campaign>, Vec<String>> {
     } else {
         Err(problems)
     }
+}
+
+/// Targeting names no visitor will have: browser or OS families the bundled User-Agent rules
+/// never give. They are not refused (a misspelt name does no harm beyond matching nobody, and
+/// rules change with updates), but each gets a warning with the closest known names.
+pub fn doubts(campaigns: &[Campaign]) -> Vec<String> {
+    let Some(known) = names::known() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for c in campaigns {
+        for (field, list, names) in [
+            ("targeting.browsers", &c.targeting.browsers, &known.browsers),
+            ("targeting.os", &c.targeting.os, &known.os),
+        ] {
+            for name in list.iter().filter(|n| !names.contains(n)) {
+                let near = names.closest(name);
+                let hint = if near.is_empty() {
+                    "no known name is close; `rotator explain` shows what an agent is called"
+                        .to_string()
+                } else {
+                    let near: Vec<String> = near.iter().map(|n| format!("{n:?}")).collect();
+                    format!("closest known: {}", near.join(", "))
+                };
+                out.push(format!(
+                    "campaign {}: {field}: {name:?} is no name the User-Agent rules give, so it \
+                     matches no visitor; {hint}",
+                    c.id
+                ));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -272,6 +305,27 @@ active = false
         let p = problems("[[campaign]]\nid = 1\nbid = 1\n");
         assert!(p.contains("url"), "{p}");
         assert!(!problems("not toml [").contains('\n'));
+    }
+
+    #[test]
+    fn names_no_rule_gives_are_doubted_with_the_closest() {
+        let c = parse(
+            "[[campaign]]\nid = 4\nurl = \"https://a.b\"\nbid = 1\n[campaign.targeting]\n\
+             browsers = [\"Chrmoe\", \"chrome mobile\", \"Other\"]\nos = [\"Windos\", \"iOS\"]\n",
+        )
+        .unwrap();
+        let d = doubts(&c);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(
+            d[0].starts_with("campaign 4: targeting.browsers: \"Chrmoe\""),
+            "{d:?}"
+        );
+        assert!(d[0].contains("closest known: \"Chrome\""), "{d:?}");
+        assert!(
+            d[1].starts_with("campaign 4: targeting.os: \"Windos\""),
+            "{d:?}"
+        );
+        assert!(doubts(&parse(GOOD).unwrap()).is_empty());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod countries;
 pub mod file;
 pub mod index;
+pub mod names;
 pub mod reload;
 
 use std::path::{Path, PathBuf};
@@ -30,7 +31,8 @@ pub struct Campaign {
     pub name: String,
     /// Where the visitor is sent when the campaign wins.
     pub url: String,
-    /// `url` ready for the `Location` header (built once, not per request).
+    /// `url` ready for the `Location` header (built once, not per request; encoded when `url`
+    /// has non-ASCII characters).
     pub location: HeaderValue,
     /// CPM bid, > 0.
     pub bid: f64,
@@ -102,6 +104,15 @@ impl Catalogue {
     /// The file this came from.
     pub fn source(&self) -> &Path {
         &self.source
+    }
+
+    /// Doubts about targeting names that match no visitor (see [`file::doubts`]), each naming
+    /// the file and the campaign. Computed on call: `check` and reloads ask, requests never do.
+    pub fn warnings(&self) -> Vec<String> {
+        file::doubts(&self.campaigns)
+            .into_iter()
+            .map(|w| format!("campaigns file {}: {w}", self.source.display()))
+            .collect()
     }
 }
 

@@ -50,6 +50,9 @@ pub async fn reload(path: &Path, handle: &CatalogueHandle, metrics: &Metrics, wh
                 "campaigns reloaded ({why}) from {}",
                 path.display()
             );
+            for warning in catalogue.warnings() {
+                tracing::warn!("{warning}");
+            }
             metrics.campaigns_active.set(catalogue.active() as i64);
             metrics.set_campaigns(&ids);
             handle.store(Arc::new(catalogue));

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::symbol::Sym;
 
 /// uap-core's rules, embedded.
-const REGEXES_YAML: &str = include_str!("../../data/uap/regexes.yaml");
+pub(crate) const REGEXES_YAML: &str = include_str!("../../data/uap/regexes.yaml");
 
 /// The crawler list, embedded.
 const CRAWLERS_JSON: &str = include_str!("../../data/crawler-user-agents/crawler-user-agents.json");
