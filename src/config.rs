@@ -134,12 +134,16 @@ impl Default for ServerConfig {
 pub struct GeoipConfig {
     /// Any MaxMind-format country or city database.
     pub database: PathBuf,
+    /// How often the file is checked for changes (SIGHUP reloads at once).
+    #[serde(with = "duration_str")]
+    pub watch_interval: Duration,
 }
 
 impl Default for GeoipConfig {
     fn default() -> Self {
         Self {
             database: "data/country.mmdb".into(),
+            watch_interval: Duration::from_secs(1),
         }
     }
 }
@@ -447,6 +451,9 @@ impl Config {
                 "watch_interval",
                 "must be more than zero".into(),
             ));
+        }
+        if self.geoip.watch_interval.is_zero() {
+            return Err(self.invalid("geoip", "watch_interval", "must be more than zero".into()));
         }
         if self.stats.write_timeout.is_zero() {
             return Err(self.invalid("stats", "write_timeout", "must be more than zero".into()));

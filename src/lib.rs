@@ -14,6 +14,7 @@ pub mod auction;
 pub mod campaigns;
 pub mod config;
 pub mod decision;
+pub mod file_watch;
 pub mod http;
 pub mod metrics;
 pub mod shutdown;

@@ -3,6 +3,7 @@
 mod allocations;
 mod harness;
 mod observability;
+mod reload;
 mod server;
 mod sinks;
 mod stats;
