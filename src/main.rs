@@ -139,8 +139,11 @@ struct Core {
 
 fn load_core(config: Config) -> Result<Core> {
     let geoip = Arc::new(ArcSwap::from_pointee(GeoIp::open(&config.geoip.database)?));
-    let catalogue = Catalogue::load(&config.campaigns.file)?;
+    // The parser first: its long-lived allocations then sit below the catalogue's and the
+    // campaigns parser's temporaries in the heap instead of filling the holes those leave, which
+    // would keep the pages of a large first catalogue resident after a reload replaces it.
     let agents = UserAgentParser::new()?;
+    let catalogue = Catalogue::load(&config.campaigns.file)?;
     Ok(Core {
         config,
         geoip,
