@@ -184,7 +184,7 @@ fn issue8_geoip_database_replaced_any_way_while_requests_flow() {
 #[test]
 fn issue9_half_written_campaigns_file_is_not_served_and_emptying_warns() {
     let dir = temp_dir("half-written");
-    let interval_ms = 300;
+    let interval_ms = 400;
     let s = Server::start_in(
         &dir,
         &reload_config(&repo().join("data/country.mmdb"), interval_ms),
@@ -198,8 +198,8 @@ fn issue9_half_written_campaigns_file_is_not_served_and_emptying_warns() {
     );
     let mut writer = std::fs::File::create(&file).unwrap();
     writer.write_all(prefix.as_bytes()).unwrap();
-    // A pause longer than one watch interval, shorter than the settle time.
-    let pause = Duration::from_millis(interval_ms * 3 / 2);
+    // A pause longer than one watch interval, well short of the settle time (two intervals).
+    let pause = Duration::from_millis(interval_ms * 5 / 4);
     let start = Instant::now();
     while start.elapsed() < pause {
         assert_eq!(location(&s, RU, CHROME), "https://yandex.ru");
