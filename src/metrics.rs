@@ -226,12 +226,19 @@ impl Metrics {
                 "rotator_campaigns_active",
                 "Active campaigns in the current catalogue.",
             ),
-            geoip_reloads: counter_vec(
-                &registry,
-                "rotator_geoip_reloads_total",
-                "GeoIP database reloads by result.",
-                &["result"],
-            ),
+            geoip_reloads: {
+                let c = counter_vec(
+                    &registry,
+                    "rotator_geoip_reloads_total",
+                    "GeoIP database reloads by result.",
+                    &["result"],
+                );
+                // Both series exist from the start, so an alert on their increase sees the first.
+                for result in ["ok", "error"] {
+                    c.with_label_values(&[result]);
+                }
+                c
+            },
             geoip_build_timestamp: gauge(
                 &registry,
                 "rotator_geoip_build_timestamp_seconds",
