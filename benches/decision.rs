@@ -22,7 +22,7 @@ use rotator::decision::Decider;
 use rotator::metrics::Metrics;
 use rotator::stats::aggregator::{Aggregator, RowKey, current_minute};
 use rotator::visitor::Visitor;
-use rotator::visitor::geoip::GeoIp;
+use rotator::visitor::geoip::{GeoIp, GeoIpHandle};
 use rotator::visitor::user_agent::UserAgentParser;
 
 const DEFAULT_TRAFFIC: &str = concat!(
@@ -123,14 +123,16 @@ fn catalogue(n: usize) -> Catalogue {
 
 struct Fixture {
     rows: Vec<Row>,
-    geoip: Arc<GeoIp>,
+    geoip: GeoIpHandle,
     agents: Arc<UserAgentParser>,
 }
 
 fn fixture() -> Fixture {
     Fixture {
         rows: traffic(),
-        geoip: Arc::new(GeoIp::open(Path::new(GEOIP)).expect("data/country.mmdb")),
+        geoip: Arc::new(ArcSwap::from_pointee(
+            GeoIp::open(Path::new(GEOIP)).expect("data/country.mmdb"),
+        )),
         agents: UserAgentParser::new().expect("user-agent rules"),
     }
 }
@@ -201,7 +203,9 @@ fn bench_geoip(c: &mut Criterion, f: &Fixture) {
             continue;
         }
         let mut next = cycle(ips);
-        g.bench_function(name, |b| b.iter(|| f.geoip.country(black_box(*next()))));
+        g.bench_function(name, |b| {
+            b.iter(|| f.geoip.load().country(black_box(*next())))
+        });
     }
     g.finish();
 }

@@ -154,12 +154,16 @@ impl Default for ServerConfig {
 pub struct GeoipConfig {
     /// Any MaxMind-format country or city database.
     pub database: PathBuf,
+    /// How often the file is checked for changes (SIGHUP reloads at once).
+    #[serde(with = "duration_str")]
+    pub watch_interval: Duration,
 }
 
 impl Default for GeoipConfig {
     fn default() -> Self {
         Self {
             database: "data/country.mmdb".into(),
+            watch_interval: Duration::from_secs(1),
         }
     }
 }
@@ -505,6 +509,12 @@ impl Config {
                 "campaigns",
                 "watch_interval",
                 self.campaigns.watch_interval,
+                INTERVAL_RANGE,
+            ),
+            (
+                "geoip",
+                "watch_interval",
+                self.geoip.watch_interval,
                 INTERVAL_RANGE,
             ),
             (

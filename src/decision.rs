@@ -19,13 +19,13 @@ use crate::metrics::Metrics;
 use crate::stats::aggregator::{Aggregator, RowKey, current_minute};
 use crate::visitor::Visitor;
 use crate::visitor::client_ip::TrustedProxies;
-use crate::visitor::geoip::GeoIp;
+use crate::visitor::geoip::GeoIpHandle;
 use crate::visitor::user_agent::{CacheOutcome, UserAgentParser};
 
 /// Everything a decision needs.
 pub struct Decider {
-    /// Country database.
-    pub geoip: Arc<GeoIp>,
+    /// Current country database.
+    pub geoip: GeoIpHandle,
     /// User-Agent parser and cache.
     pub agents: Arc<UserAgentParser>,
     /// Current campaigns.
@@ -72,7 +72,7 @@ impl Decider {
     /// the win counters of the current campaigns.
     pub fn new(
         config: &Config,
-        geoip: Arc<GeoIp>,
+        geoip: GeoIpHandle,
         agents: Arc<UserAgentParser>,
         catalogue: CatalogueHandle,
         stats: Option<Arc<Aggregator>>,
@@ -104,7 +104,7 @@ impl Decider {
     #[inline]
     pub fn visitor(&self, ip: IpAddr, ua: Option<&str>) -> (Visitor, CacheOutcome, bool) {
         let (agent, cache) = self.agents.lookup(ua);
-        let (country, geo_ok) = match self.geoip.country(ip) {
+        let (country, geo_ok) = match self.geoip.load().country(ip) {
             Ok(c) => (c, true),
             Err(_) => (None, false),
         };

@@ -5,8 +5,9 @@
 //! ([`auction`] over the immutable [`campaigns::Catalogue`]), redirects the visitor to the winner
 //! ([`http`]) and counts the decision ([`stats`], [`metrics`]).
 //!
-//! The request path only reads immutable snapshots (the catalogue is swapped whole on reload) and
-//! writes to per-thread counters; everything slow (file loading, database writes) happens off it.
+//! The request path only reads immutable snapshots (the catalogue and the GeoIP database are
+//! swapped whole on reload) and writes to per-thread counters; everything slow (file loading,
+//! database writes) happens off it.
 //! [`decision::Decider`] is the one place where a request becomes a decision, and
 //! [`decision::Observer`] the one seam where each decision is counted.
 
@@ -14,6 +15,7 @@ pub mod auction;
 pub mod campaigns;
 pub mod config;
 pub mod decision;
+pub mod file_watch;
 pub mod http;
 pub mod metrics;
 pub mod shutdown;

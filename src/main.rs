@@ -24,7 +24,7 @@ use rotator::stats::Stats;
 use rotator::stats::aggregator::Aggregator;
 use rotator::stats::report::{self, Format, ReportQuery};
 use rotator::stats::sinks::Sink;
-use rotator::visitor::geoip::GeoIp;
+use rotator::visitor::geoip::{self, GeoIp, GeoIpHandle};
 use rotator::visitor::user_agent::UserAgentParser;
 
 #[derive(Parser)]
@@ -147,15 +147,18 @@ fn init_logging(config: &Config) {
 /// The parts every command that decides needs, built from a checked config.
 struct Core {
     config: Config,
-    geoip: Arc<GeoIp>,
+    geoip: GeoIpHandle,
     catalogue: CatalogueHandle,
     agents: Arc<UserAgentParser>,
 }
 
 fn load_core(config: Config) -> Result<Core> {
-    let geoip = Arc::new(GeoIp::open(&config.geoip.database)?);
-    let catalogue = Catalogue::load(&config.campaigns.file)?;
+    let geoip = Arc::new(ArcSwap::from_pointee(GeoIp::open(&config.geoip.database)?));
+    // The parser first: its long-lived allocations then sit below the catalogue's and the
+    // campaigns parser's temporaries in the heap instead of filling the holes those leave, which
+    // would keep the pages of a large first catalogue resident after a reload replaces it.
     let agents = UserAgentParser::new()?;
+    let catalogue = Catalogue::load(&config.campaigns.file)?;
     Ok(Core {
         config,
         geoip,
@@ -206,10 +209,11 @@ fn serve(path: Option<&Path>) -> Result<()> {
             tracing::warn!("{warning}");
         }
         metrics.campaigns_active.set(catalogue.active() as i64);
+        metrics.set_geoip_build_epoch(core.geoip.load().build_epoch());
         tracing::info!(
             campaigns = catalogue.campaigns().len(),
             active = catalogue.active(),
-            geoip = %core.geoip.path().display(),
+            geoip = %core.geoip.load().path().display(),
             sink = config.stats.sink.as_str(),
             "rotator {} starting",
             env!("CARGO_PKG_VERSION")
@@ -226,6 +230,13 @@ fn serve(path: Option<&Path>) -> Result<()> {
             listeners_rx.clone(),
         );
         tokio::spawn(reloader);
+        tokio::spawn(geoip::reload::watch(
+            config.geoip.database.clone(),
+            core.geoip.clone(),
+            config.geoip.watch_interval,
+            metrics.clone(),
+            listeners_rx.clone(),
+        ));
         let ad_listener = tokio::net::TcpListener::bind(config.server_listen()?)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -273,6 +284,7 @@ fn check(path: Option<&Path>) -> Result<()> {
     let core = load_core(Config::load(path)?)?;
     let c = &core.config;
     let catalogue = core.catalogue.load();
+    let geoip = core.geoip.load();
     let mut out = std::io::stdout().lock();
     writeln!(out, "config:    {}", c.source_name)?;
     writeln!(
@@ -288,11 +300,9 @@ fn check(path: Option<&Path>) -> Result<()> {
     writeln!(
         out,
         "geoip:     {} ({}, built {})",
-        core.geoip.path().display(),
-        core.geoip.database_type(),
-        humantime::format_rfc3339_seconds(
-            UNIX_EPOCH + Duration::from_secs(core.geoip.build_epoch())
-        )
+        geoip.path().display(),
+        geoip.database_type(),
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(geoip.build_epoch()))
     )?;
     writeln!(
         out,

@@ -74,6 +74,8 @@ pub struct Metrics {
     reloads: IntCounterVec,
     /// Active campaigns in the current catalogue.
     pub campaigns_active: IntGauge,
+    geoip_reloads: IntCounterVec,
+    geoip_build_timestamp: IntGauge,
     /// Whether the statistics pipeline can take rows (sink reachable, or spool writable).
     stats_ready: AtomicBool,
 }
@@ -224,6 +226,24 @@ impl Metrics {
                 "rotator_campaigns_active",
                 "Active campaigns in the current catalogue.",
             ),
+            geoip_reloads: {
+                let c = counter_vec(
+                    &registry,
+                    "rotator_geoip_reloads_total",
+                    "GeoIP database reloads by result.",
+                    &["result"],
+                );
+                // Both series exist from the start, so an alert on their increase sees the first.
+                for result in ["ok", "error"] {
+                    c.with_label_values(&[result]);
+                }
+                c
+            },
+            geoip_build_timestamp: gauge(
+                &registry,
+                "rotator_geoip_build_timestamp_seconds",
+                "Build time of the loaded GeoIP database, Unix seconds.",
+            ),
             stats_ready: AtomicBool::new(true),
             win_counters: ArcSwap::default(),
             registry,
@@ -290,6 +310,19 @@ impl Metrics {
         self.reloads
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
+    }
+
+    /// Counts a GeoIP database reload.
+    pub fn observe_geoip_reload(&self, ok: bool) {
+        self.geoip_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Sets the build time of the loaded GeoIP database.
+    pub fn set_geoip_build_epoch(&self, epoch: u64) {
+        self.geoip_build_timestamp
+            .set(i64::try_from(epoch).unwrap_or(i64::MAX));
     }
 
     /// Sets the campaigns whose wins are counted: resolves their counters and removes the series

@@ -76,10 +76,13 @@ struct RawTargeting {
 
 /// Reads and validates a campaigns file.
 pub fn load(path: &Path) -> Result<Vec<Campaign>, CampaignsError> {
-    let text = std::fs::read_to_string(path).map_err(|e| CampaignsError {
+    let refuse = |problem: String| CampaignsError {
         path: path.to_path_buf(),
-        problems: vec![format!("cannot read: {e}")],
-    })?;
+        problems: vec![problem],
+    };
+    let bytes = crate::file_watch::read_capped(path, super::MAX_FILE_BYTES)
+        .map_err(|e| refuse(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|e| refuse(format!("not UTF-8: {e}")))?;
     parse(&text).map_err(|problems| CampaignsError {
         path: path.to_path_buf(),
         problems,

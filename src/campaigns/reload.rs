@@ -1,62 +1,56 @@
-//! Hot reload: the campaigns file is watched (polled) and reloaded on SIGHUP.
+//! Hot reload: the campaigns file is watched ([`crate::file_watch`]) and reloaded on SIGHUP.
 //!
 //! A new file is loaded and validated off the request path; only a valid one is published, by
 //! swapping the whole [`Catalogue`] in the [`CatalogueHandle`]. Requests already holding the old
 //! catalogue finish with it. An invalid file is refused and logged, and the previous catalogue
-//! keeps serving.
-//!
-//! Polling the file's modification time, size and inode (every `watch_interval`) rather than
-//! using inotify is deliberate: it also sees editors that replace the file by renaming and
-//! Kubernetes ConfigMaps that swap a symlink, and it costs one `stat` per second.
+//! keeps serving. A reload that removes most of the active campaigns is published but logged as
+//! a warning: it is more often a mistake (a truncated file) than a plan.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use super::{Catalogue, CatalogueHandle};
+use crate::file_watch::{self, Cause};
 use crate::metrics::Metrics;
 
-/// What identifies one version of the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-fn fingerprint(path: &Path) -> Option<Fingerprint> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(Fingerprint {
-        modified: m.modified().ok(),
-        len: m.len(),
-        inode: m.ino(),
-    })
-}
-
 /// Loads `path` and, if valid, publishes it. Returns whether it was published.
-pub async fn reload(path: &Path, handle: &CatalogueHandle, metrics: &Metrics, why: &str) -> bool {
+pub async fn reload(path: &Path, handle: &CatalogueHandle, metrics: &Metrics, why: Cause) -> bool {
     let owned = path.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || Catalogue::load(&owned)).await;
     match loaded {
         Ok(Ok(catalogue)) => {
             let ids: Vec<u32> = catalogue.campaigns().iter().map(|c| c.id).collect();
-            tracing::info!(
-                campaigns = catalogue.campaigns().len(),
-                active = catalogue.active(),
-                "campaigns reloaded ({why}) from {}",
-                path.display()
-            );
+            let (campaigns, active) = (catalogue.campaigns().len(), catalogue.active());
             for warning in catalogue.warnings() {
                 tracing::warn!("{warning}");
             }
-            metrics.campaigns_active.set(catalogue.active() as i64);
+            metrics.campaigns_active.set(active as i64);
             metrics.set_campaigns(&ids);
-            handle.store(Arc::new(catalogue));
+            let old = handle.swap(Arc::new(catalogue));
             metrics.observe_reload(true);
+            let before = old.active();
+            // "Most": more than half of the active campaigns are gone.
+            if active * 2 < before {
+                tracing::warn!(
+                    campaigns,
+                    active,
+                    active_before = before,
+                    "campaigns reloaded ({why}) from {}: {active} active campaigns instead of \
+                     {before}; check the file is complete",
+                    path.display()
+                );
+            } else {
+                tracing::info!(
+                    campaigns,
+                    active,
+                    "campaigns reloaded ({why}) from {}",
+                    path.display()
+                );
+            }
+            file_watch::retire(old).await;
             true
         }
         Ok(Err(e)) => {
@@ -74,42 +68,20 @@ pub async fn reload(path: &Path, handle: &CatalogueHandle, metrics: &Metrics, wh
     }
 }
 
-/// Watches `path` until `shutdown`: reloads when it changes and on SIGHUP. SIGHUP is registered
-/// when this is called, not when the future first runs, so an early SIGHUP cannot kill the
-/// process (the default action).
+/// Watches `path` until `shutdown`: reloads when it changed and settled, and on SIGHUP (which is
+/// registered when this is called).
 pub fn watch(
     path: PathBuf,
     handle: CatalogueHandle,
     interval: Duration,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> impl Future<Output = ()> {
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGHUP, only file changes reload campaigns: {e}");
-            None
+    let file = path.clone();
+    file_watch::watch(path, "campaigns", interval, shutdown, move |why| {
+        let (file, handle, metrics) = (file.clone(), handle.clone(), metrics.clone());
+        async move {
+            reload(&file, &handle, &metrics, why).await;
         }
-    };
-    let mut last = fingerprint(&path);
-    async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {
-                    let now = fingerprint(&path);
-                    if now != last {
-                        last = now;
-                        if last.is_some() {
-                            reload(&path, &handle, &metrics, "file changed").await;
-                        }
-                    }
-                }
-                Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    last = fingerprint(&path);
-                    reload(&path, &handle, &metrics, "SIGHUP").await;
-                }
-                _ = crate::shutdown::wait(&mut shutdown) => return,
-            }
-        }
-    }
+    })
 }

@@ -1,17 +1,28 @@
-//! The visitor's country, from a MaxMind-format database (memory-mapped).
+//! The visitor's country, from a MaxMind-format database read into memory.
 //!
 //! Two record layouts are read: GeoIP2/GeoLite2 (`country.iso_code`, also in City databases) and
 //! the flat layout of free databases such as the bundled one (`country_code`). Strings are
-//! borrowed from the mapped file, so a lookup does not allocate. An address with no record, or a
-//! record with no country, is a normal answer (`None`), not an error.
+//! borrowed from the database in memory, so a lookup does not allocate. An address with no
+//! record, or a record with no country, is a normal answer (`None`), not an error.
+//!
+//! The file is read whole, not memory-mapped: with a map, any later change to the file (copying
+//! another database over it, truncating it) is seen by the running server mid-lookup, and a read
+//! past the new end of the file kills the process with SIGBUS. A copy in memory cannot change;
+//! the price is the database's size in memory (8 MB for the bundled country database, about
+//! 70 MB for a City one). [`reload`] replaces the whole copy when the file changes.
+
+pub mod reload;
 
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use serde::Deserialize;
 
 use super::client_ip::canonical;
+use crate::file_watch::ReadError;
 
 /// An ISO 3166-1 alpha-2 country code, upper case.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,11 +79,19 @@ pub enum GeoIpError {
     },
 }
 
+/// The largest database file read, bytes. A GeoIP2 City database is about 70 MB and grows
+/// slowly; this leaves it room while refusing a wrong path (a disk image) before reading it.
+pub const MAX_FILE_BYTES: u64 = 512 << 20;
+
 /// An open country database.
 pub struct GeoIp {
-    reader: maxminddb::Reader<maxminddb::Mmap>,
+    reader: maxminddb::Reader<Vec<u8>>,
     path: PathBuf,
+    size: usize,
 }
+
+/// The current database, swapped whole on reload. Readers never wait.
+pub type GeoIpHandle = Arc<ArcSwap<GeoIp>>;
 
 #[derive(Deserialize)]
 struct Record<'a> {
@@ -95,23 +114,26 @@ const PROBE_ADDRESSES: [&str; 4] = [
 ];
 
 impl GeoIp {
-    /// Opens and memory-maps `path`, and checks it answers lookups.
+    /// Reads `path` into memory (a regular file of at most [`MAX_FILE_BYTES`]) and checks it
+    /// answers lookups.
     pub fn open(path: &Path) -> Result<GeoIp, GeoIpError> {
         let open_err = |message: String| GeoIpError::Open {
             path: path.to_path_buf(),
             message,
         };
-        if !path.is_file() {
-            return Err(open_err("no such file".into()));
-        }
-        // SAFETY: the map is read-only and the file is not written by rotator. Replacing the
-        // database must be done by writing a new file and renaming it over the old one (as
-        // MaxMind's geoipupdate does), which leaves this mapping intact.
-        let reader =
-            unsafe { maxminddb::Reader::open_mmap(path) }.map_err(|e| open_err(e.to_string()))?;
+        let bytes = match crate::file_watch::read_capped(path, MAX_FILE_BYTES) {
+            Ok(b) => b,
+            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(open_err("no such file".into()));
+            }
+            Err(e) => return Err(open_err(e.to_string())),
+        };
+        let size = bytes.len();
+        let reader = maxminddb::Reader::from_source(bytes).map_err(|e| open_err(e.to_string()))?;
         let geoip = GeoIp {
             reader,
             path: path.to_path_buf(),
+            size,
         };
         for probe in PROBE_ADDRESSES {
             let ip: IpAddr = probe
@@ -135,6 +157,11 @@ impl GeoIp {
     /// Build time of the database, seconds since the Unix epoch.
     pub fn build_epoch(&self) -> u64 {
         self.reader.metadata().build_epoch
+    }
+
+    /// Bytes of the database held in memory.
+    pub fn size(&self) -> usize {
+        self.size
     }
 
     /// The country of `ip`, or `None` when the database has no country for it.

@@ -57,7 +57,9 @@ fn allocations() -> u64 {
 #[test]
 fn a_decision_allocates_nothing_in_the_steady_state() {
     let config = Config::default();
-    let geoip = Arc::new(GeoIp::open(&repo().join("data/country.mmdb")).unwrap());
+    let geoip = Arc::new(ArcSwap::from_pointee(
+        GeoIp::open(&repo().join("data/country.mmdb")).unwrap(),
+    ));
     let agents = UserAgentParser::new().unwrap();
     let catalogue = Arc::new(ArcSwap::from_pointee(
         Catalogue::load(&repo().join("campaigns.toml")).unwrap(),

@@ -4,6 +4,7 @@ mod allocations;
 mod cli;
 mod harness;
 mod observability;
+mod reload;
 mod server;
 mod sinks;
 mod stats;
