@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{Server, config, repo, run, seed_campaigns, temp_dir};
+use crate::harness::{Server, config, repo, request, run, seed_campaigns, temp_dir};
 use crate::server::{CHROME, CHROME_ANDROID, DE, FIREFOX, GOOGLEBOT, RU, US};
 use crate::support::{service_lock, service_url};
 
@@ -263,6 +263,87 @@ fn an_unusable_sqlite_path_is_a_start_up_error() {
     );
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("blocked"), "{err}");
+}
+
+/// The value of an unlabelled metric on the server's metrics listener.
+pub fn metric(s: &Server, name: &str) -> f64 {
+    let text = request(s.metrics.unwrap(), "GET", "/metrics", &[]).body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// Issue 9 item 7: a spooled batch the database cannot store (`requests` above SQLite's signed
+/// 64-bit range) used to be retried forever, holding up every batch behind it. Now it goes to
+/// `rejected/`, a spool file that does not parse is quarantined with its rows counted as lost,
+/// and the batches behind both are written. (Two files are named as earlier releases named them,
+/// `<seq>.batch`; the corrupt one carries its row count, `<seq>-<rows>.batch`.)
+#[test]
+fn issue_9_7_bad_spooled_batches_do_not_block_the_rest() {
+    let dir = temp_dir("bad-spool");
+    let spool = dir.join("data/spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ts = now / 60 * 60 - 3600;
+    let row = |campaign: u32, requests: &str| {
+        format!(
+            r#"{{"ts":{ts},"country":"DE","os":"Linux","browser":"Firefox","device":"desktop","campaign_id":{campaign},"requests":{requests},"impressions":0,"clicks":0}}"#
+        )
+    };
+    let header = r#"{"format":"rotator-spool","version":1}"#;
+    std::fs::write(
+        spool.join("00000000000000000001.batch"),
+        format!(
+            "{header}\n{{\"id\":\"too-big\",\"rows\":[{},{}]}}\n",
+            row(7, "1"),
+            row(8, "9223372036854775808")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        spool.join("00000000000000000002-3.batch"),
+        format!("{header}\n{{\"id\":\"cut-off\",\"rows\":[{}", row(9, "1")),
+    )
+    .unwrap();
+    std::fs::write(
+        spool.join("00000000000000000003.batch"),
+        format!("{header}\n{{\"id\":\"good\",\"rows\":[{}]}}\n", row(3, "5")),
+    )
+    .unwrap();
+    let cfg = config("", &format!("[stats]\nsink = \"sqlite\"\n{FAST_FLUSH}"));
+    let s = Server::start_in(&dir, &cfg, &seed_campaigns());
+    send_round(&s);
+    s.wait_for_log("kept in", Duration::from_secs(10));
+    s.wait_for_log("statistics LOST: 3 rows", Duration::from_secs(10));
+    assert_eq!(metric(&s, "rotator_stats_rows_lost_total"), 3.0);
+    let (status, log) = s.stop();
+    assert!(status.success(), "{log}");
+
+    let rejected: Vec<_> = std::fs::read_dir(spool.join("rejected"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(rejected.len(), 1, "{log}");
+    assert!(rejected[0].contains("too-big"), "{}", rejected[0]);
+    assert!(
+        spool.join("00000000000000000002-3.corrupt").exists(),
+        "{log}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".batch"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}\n{log}");
+    let mut want = expected(1);
+    want.insert(
+        ["3", "DE", "Firefox", "Linux", "desktop"].map(String::from),
+        (5, 0),
+    );
+    assert_eq!(report(&dir), want, "{log}");
 }
 
 /// Outage and restart test shared by the ClickHouse and MariaDB sinks.
