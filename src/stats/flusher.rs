@@ -439,3 +439,114 @@ impl Flusher {
             .set_stats_ready(self.failing_since.is_none() || self.spool_ok);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::ClickhouseConfig;
+    use crate::stats::Row;
+    use crate::stats::sinks::clickhouse::ClickhouseSink;
+
+    fn batch(id: &str) -> Batch {
+        Batch {
+            id: id.into(),
+            rows: vec![Row {
+                ts: 60,
+                country: "DE".into(),
+                os: "Linux".into(),
+                browser: "Firefox".into(),
+                device: "desktop".into(),
+                campaign_id: 1,
+                requests: 3,
+                impressions: 3,
+                clicks: 0,
+            }],
+        }
+    }
+
+    /// A sink that always refuses the connection (transient), and a spool that refuses every
+    /// batch (`spool_max_bytes = 0`), as a full disk would.
+    fn both_refuse(max_pending_rows: u64) -> (Flusher, PathBuf) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let sink = Sink::Clickhouse(ClickhouseSink::new(
+            &ClickhouseConfig {
+                url: format!("http://127.0.0.1:{port}"),
+                ..ClickhouseConfig::default()
+            },
+            Duration::from_secs(2),
+        ));
+        let dir = std::env::temp_dir().join(format!("rotator-flusher-{}", fastrand::u64(..)));
+        let spool = Spool::open(&dir, 0).unwrap();
+        let settings = FlushSettings {
+            interval: Duration::from_secs(1),
+            max_pending_rows,
+            spool_after: Duration::ZERO,
+            write_timeout: Duration::from_secs(2),
+        };
+        let flusher = Flusher::new(
+            Arc::new(Aggregator::new(1)),
+            sink,
+            spool,
+            settings,
+            Metrics::new(),
+        );
+        (flusher, dir)
+    }
+
+    fn ids(f: &Flusher) -> Vec<String> {
+        f.queue.iter().map(|b| b.id.clone()).collect()
+    }
+
+    /// One turn of the run loop, with the retry due at once.
+    async fn turn(f: &mut Flusher, id: &str) {
+        f.queue.push_back(batch(id));
+        f.retry_at = None;
+        f.deliver().await;
+        if f.must_spool() {
+            f.spool_queue();
+        }
+        f.shed();
+    }
+
+    #[tokio::test]
+    async fn issue_9_3_rows_are_lost_only_past_the_memory_bound_and_at_shutdown() {
+        let (mut f, dir) = both_refuse(2);
+        for id in ["a", "b", "c", "d"] {
+            turn(&mut f, id).await;
+        }
+        assert!(f.failing_since.is_some() && !f.spool_ok);
+        assert!(!f.metrics.stats_ready());
+        assert_eq!(ids(&f), ["c", "d"], "the newest wait in memory");
+        assert_eq!(f.metrics.stats_rows_lost.get(), 2);
+        // Shutdown: the sink is tried once more, the spool refuses, the rest is lost.
+        f.finish(Duration::from_secs(5)).await;
+        assert!(f.queue.is_empty());
+        assert_eq!(f.metrics.stats_rows_lost.get(), 4);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_recovered_sink_gets_what_the_spool_refuses() {
+        let (mut f, dir) = both_refuse(10);
+        turn(&mut f, "a").await;
+        assert_eq!(ids(&f), ["a"]);
+        assert!(!f.metrics.stats_ready());
+        // The sink answers again; the spool still refuses. Readiness follows the sink.
+        f.sink = Sink::None;
+        turn(&mut f, "b").await;
+        assert!(f.queue.is_empty() && f.failing_since.is_none());
+        assert!(f.metrics.stats_ready());
+        // At shutdown a sink marked failing is tried once more before anything is lost.
+        f.queue.push_back(batch("c"));
+        f.failing_since = Some(Instant::now());
+        f.finish(Duration::from_secs(5)).await;
+        assert!(f.queue.is_empty());
+        assert_eq!(f.metrics.stats_rows_lost.get(), 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
