@@ -68,6 +68,7 @@ impl From<&StatsConfig> for FlushSettings {
 }
 
 /// Rate-limited error logging.
+#[derive(Default)]
 struct ErrorLog {
     last: Option<Instant>,
     suppressed: u64,
@@ -103,7 +104,10 @@ pub struct Flusher {
     failing_since: Option<Instant>,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Sink errors, rate-limited.
     errors: ErrorLog,
+    /// Spool errors, rate-limited apart from the sink's so that neither hides the other.
+    spool_errors: ErrorLog,
     /// Whether the last spool write succeeded: `/readyz` is ready while the sink answers or the
     /// spool takes batches.
     spool_ok: bool,
@@ -133,10 +137,8 @@ impl Flusher {
             failing_since: None,
             retry_at: None,
             backoff: MIN_BACKOFF,
-            errors: ErrorLog {
-                last: None,
-                suppressed: 0,
-            },
+            errors: ErrorLog::default(),
+            spool_errors: ErrorLog::default(),
             spool_ok: true,
         };
         flusher.update_gauges();
@@ -210,7 +212,7 @@ impl Flusher {
                 Err(e) => {
                     self.spool_ok = false;
                     let rows = self.queued_rows();
-                    self.errors.error(&format!(
+                    self.spool_errors.error(&format!(
                         "the spool refused batch {}; {rows} rows stay in memory: {e}",
                         batch.id
                     ));
@@ -268,7 +270,7 @@ impl Flusher {
                         continue;
                     }
                     Err(e) => {
-                        self.errors
+                        self.spool_errors
                             .error(&format!("cannot read the spool, trying later: {e}"));
                         skip_spool = true;
                         continue;
