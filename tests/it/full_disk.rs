@@ -170,9 +170,12 @@ fn issue_9_3_sink_is_retried_while_the_spool_is_full() {
     let dir = temp_dir("full-disk");
     // Declared before the server, so they are unmounted after it has stopped.
     let Some(db) = tmpfs(&dir.join("db"), "4m") else {
+        let _ = std::fs::remove_dir_all(&dir);
         return;
     };
     let Some(spool) = tmpfs(&dir.join("spool"), "1m") else {
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
         return;
     };
     let cfg = config(
