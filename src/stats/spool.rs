@@ -154,7 +154,7 @@ impl Spool {
                     continue;
                 };
                 let size = entry.metadata().map_err(io(&path))?.len();
-                next_seq = next_seq.max(seq + 1);
+                next_seq = next_seq.max(seq.saturating_add(1));
                 files.insert(
                     seq,
                     Entry {
@@ -166,7 +166,7 @@ impl Spool {
             } else if name.ends_with(".tmp") {
                 fs::remove_file(&path).map_err(io(&path))?;
             } else if let Some((seq, _)) = name.strip_suffix(".corrupt").and_then(parse_stem) {
-                next_seq = next_seq.max(seq + 1);
+                next_seq = next_seq.max(seq.saturating_add(1));
             }
         }
         let bytes = files.values().map(|e| e.size).sum();
