@@ -4,11 +4,18 @@
 //! an in-memory queue, and the queue is written oldest first (spool first: it only holds batches
 //! older than the queue). A failed write keeps its batch and retries with exponential backoff
 //! while new batches keep arriving. When the queue holds more than `max_pending_rows`, or the sink
-//! has failed for longer than `spool_after`, the whole queue goes to the spool, so memory stays
-//! bounded through a long outage; the spool replays when the sink answers, and at the next start.
+//! has failed for longer than `spool_after`, the queue goes to the spool, so memory stays bounded
+//! through a long outage; the spool replays when the sink answers, and at the next start.
+//!
+//! The sink is retried on its own schedule whatever the spool does. A batch the spool refuses
+//! (full, or its disk full or broken) stays in memory; rows are lost only when the sink is failing,
+//! the spool refuses and memory already holds `max_pending_rows` (the oldest batches go, the newest
+//! stays for the next retry), or at shutdown when neither the sink nor the spool takes them. Lost
+//! rows are counted (`rotator_stats_rows_lost_total`) and logged as `statistics LOST`.
 //!
 //! Retry decisions are data ([`SinkError::retryable`]): a batch the sink refuses as bad data is
 //! not retried (it would block everything behind it) but set aside in the spool's `rejected/`.
+//! A spool file that no longer parses is quarantined as `.corrupt` and its rows count as lost.
 //!
 //! The flusher runs on its own thread with its own single-threaded runtime, so SQLite calls and
 //! spool fsyncs never stall a request worker.
@@ -61,6 +68,7 @@ impl From<&StatsConfig> for FlushSettings {
 }
 
 /// Rate-limited error logging.
+#[derive(Default)]
 struct ErrorLog {
     last: Option<Instant>,
     suppressed: u64,
@@ -96,8 +104,12 @@ pub struct Flusher {
     failing_since: Option<Instant>,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Sink errors, rate-limited.
     errors: ErrorLog,
-    /// Whether the last spool write succeeded (for `/readyz`).
+    /// Spool errors, rate-limited apart from the sink's so that neither hides the other.
+    spool_errors: ErrorLog,
+    /// Whether the last spool write succeeded: `/readyz` is ready while the sink answers or the
+    /// spool takes batches.
     spool_ok: bool,
 }
 
@@ -125,10 +137,8 @@ impl Flusher {
             failing_since: None,
             retry_at: None,
             backoff: MIN_BACKOFF,
-            errors: ErrorLog {
-                last: None,
-                suppressed: 0,
-            },
+            errors: ErrorLog::default(),
+            spool_errors: ErrorLog::default(),
             spool_ok: true,
         };
         flusher.update_gauges();
@@ -154,14 +164,11 @@ impl Flusher {
                     }
                 }
             }
-            if self.must_spool() {
-                self.spool_queue();
-            }
             self.deliver().await;
-            // A write that just failed may call for the spool at once (spool_after = 0).
             if self.must_spool() {
                 self.spool_queue();
             }
+            self.shed();
         }
         self.finish(grace).await;
     }
@@ -191,32 +198,53 @@ impl Flusher {
                     .is_some_and(|t| t.elapsed() >= self.settings.spool_after))
     }
 
-    /// Moves the whole queue, in order, to the spool. Batches the spool refuses are lost: counted
-    /// and logged.
+    /// Moves the queue, oldest first, to the spool, up to the first batch the spool refuses:
+    /// that one and those behind it stay in memory (so the spool still only holds older batches).
     fn spool_queue(&mut self) {
-        while let Some(batch) = self.queue.pop_front() {
-            match self.spool.push(&batch) {
+        while let Some(batch) = self.queue.front() {
+            match self.spool.push(batch) {
                 Ok(()) => {
                     self.spool_ok = true;
+                    self.queue.pop_front();
                     self.metrics
                         .observe_flush(self.sink.name(), "spooled", None);
                 }
                 Err(e) => {
                     self.spool_ok = false;
-                    self.lose(&batch, &e);
+                    let rows = self.queued_rows();
+                    self.spool_errors.error(&format!(
+                        "the spool refused batch {}; {rows} rows stay in memory: {e}",
+                        batch.id
+                    ));
+                    break;
                 }
             }
         }
         self.update_gauges();
     }
 
-    fn lose(&mut self, batch: &Batch, error: &SpoolError) {
+    /// When the sink is failing and the spool refused, drops the oldest batches until memory
+    /// holds at most `max_pending_rows` rows (always keeping the newest batch for the next
+    /// retry).
+    fn shed(&mut self) {
+        while self.queue.len() > 1 && self.queued_rows() > self.settings.max_pending_rows {
+            if let Some(batch) = self.queue.pop_front() {
+                self.lose(
+                    &batch,
+                    "the sink is failing, the spool refused it and max_pending_rows rows are already in memory",
+                );
+            }
+        }
+        self.update_gauges();
+    }
+
+    fn lose(&mut self, batch: &Batch, why: &str) {
         self.metrics.stats_rows_lost.inc_by(batch.rows.len() as u64);
         tracing::error!(
             batch = %batch.id,
             rows = batch.rows.len(),
             requests = batch.requests(),
-            "statistics LOST: the sink is unavailable and the spool refused the batch: {error}"
+            "statistics LOST: {why}"
         );
     }
 
@@ -226,16 +254,25 @@ impl Flusher {
             return;
         }
         self.retry_at = None;
+        // Set when a spool file cannot be read: the queue in memory is delivered anyway.
+        let mut skip_spool = false;
         loop {
-            let (batch, seq) = if let Some((seq, read)) = self.spool.oldest() {
+            let next = if skip_spool {
+                None
+            } else {
+                self.spool.oldest()
+            };
+            let (batch, seq) = if let Some((seq, read)) = next {
                 match read {
                     Ok(batch) => (batch, Some(seq)),
+                    Err(e @ SpoolError::Corrupt { .. }) => {
+                        self.quarantine(seq, &e);
+                        continue;
+                    }
                     Err(e) => {
-                        tracing::error!("statistics: {e}; moving it aside");
-                        if let Err(e) = self.spool.set_aside(seq, true) {
-                            tracing::error!("statistics: cannot move the corrupt file aside: {e}");
-                            return;
-                        }
+                        self.spool_errors
+                            .error(&format!("cannot read the spool, trying later: {e}"));
+                        skip_spool = true;
                         continue;
                     }
                 }
@@ -279,11 +316,27 @@ impl Flusher {
         self.update_gauges();
     }
 
+    /// Sets a spool file that does not parse aside as `.corrupt`; its rows are lost.
+    fn quarantine(&mut self, seq: u64, error: &SpoolError) {
+        let rows = self.spool.rows(seq);
+        self.metrics.stats_rows_lost.inc_by(rows.unwrap_or(0));
+        let rows = rows.map_or_else(|| "an unknown number of".to_string(), |n| n.to_string());
+        match self.spool.set_aside(seq, true) {
+            Ok(path) => tracing::error!(
+                "statistics LOST: {rows} rows: {error}; moved to {}",
+                path.display()
+            ),
+            Err(e) => tracing::error!(
+                "statistics LOST: {rows} rows: {error}; cannot move it aside ({e}), skipped until the next start"
+            ),
+        }
+    }
+
     fn acknowledge(&mut self, seq: Option<u64>) {
         match seq {
             Some(seq) => {
                 if let Err(e) = self.spool.remove(seq) {
-                    // The batch would be replayed; the sinks' batch ids make that harmless.
+                    // Replayed at the next start; the sinks' batch ids make that harmless.
                     tracing::error!("statistics: written batch stays in the spool: {e}");
                 }
             }
@@ -307,51 +360,70 @@ impl Flusher {
                 "statistics: the sink refused the batch as bad data; kept in {} for an operator: {error}",
                 path.display()
             ),
-            Err(e) => {
-                self.metrics.stats_rows_lost.inc_by(batch.rows.len() as u64);
-                tracing::error!(batch = %batch.id, "statistics LOST: refused by the sink ({error}) and not saved: {e}");
-            }
+            Err(e) if seq.is_some() => tracing::error!(
+                batch = %batch.id,
+                "statistics: the sink refused the batch as bad data ({error}) and it cannot be moved to rejected/ ({e}); \
+                 it stays in the spool and is skipped until the next start"
+            ),
+            Err(e) => self.lose(
+                batch,
+                &format!("the sink refused it as bad data ({error}) and rejected/ refused it: {e}"),
+            ),
         }
     }
 
-    /// Final drain at shutdown: one attempt to write what is in memory (if the sink is healthy),
-    /// then everything left goes to the spool.
+    /// Final drain at shutdown: write what is in memory (if the sink is healthy), spool the
+    /// rest; if the spool refuses, one last try at the sink (if it was not tried), then what is
+    /// left is lost.
     async fn finish(&mut self, grace: Duration) {
         self.collect();
         let deadline = Instant::now() + grace;
-        if self.failing_since.is_none() {
-            while let Some(batch) = self.queue.front().cloned() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                match self
-                    .sink
-                    .write(&batch, left.min(self.settings.write_timeout))
-                    .await
-                {
-                    Ok(()) => {
-                        self.metrics.observe_flush(self.sink.name(), "ok", None);
-                        self.queue.pop_front();
-                    }
-                    Err(e) if !e.retryable => {
-                        self.queue.pop_front();
-                        self.reject(&batch, None, &e);
-                    }
-                    Err(e) => {
-                        tracing::warn!("statistics: final write failed, spooling: {e}");
-                        break;
-                    }
-                }
-            }
+        let healthy = self.failing_since.is_none();
+        if healthy {
+            self.write_queue(deadline).await;
         }
-        let spooled = self.queue.len();
         self.spool_queue();
+        if !healthy {
+            self.write_queue(deadline).await;
+        }
+        let spooled = self.spool.len();
+        while let Some(batch) = self.queue.pop_front() {
+            self.lose(
+                &batch,
+                "shutting down, and neither the sink nor the spool took it",
+            );
+        }
+        self.update_gauges();
         if spooled > 0 {
             tracing::info!(
                 batches = spooled,
-                "statistics: spooled at shutdown; they are written at the next start"
+                "statistics: batches wait in the spool; they are written at the next start"
             );
+        }
+    }
+
+    /// Writes the queue, oldest first, until it is empty, a write fails or `deadline` passes.
+    async fn write_queue(&mut self, deadline: Instant) {
+        while let Some(batch) = self.queue.front().cloned() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self
+                .sink
+                .write(&batch, left.min(self.settings.write_timeout))
+                .await
+            {
+                Ok(()) => {
+                    self.metrics.observe_flush(self.sink.name(), "ok", None);
+                    self.queue.pop_front();
+                }
+                Err(e) if !e.retryable => self.reject(&batch, None, &e),
+                Err(e) => {
+                    tracing::warn!("statistics: final write failed: {e}");
+                    break;
+                }
+            }
         }
     }
 
@@ -367,5 +439,116 @@ impl Flusher {
             .set(self.spool.len() as i64);
         self.metrics
             .set_stats_ready(self.failing_since.is_none() || self.spool_ok);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::ClickhouseConfig;
+    use crate::stats::Row;
+    use crate::stats::sinks::clickhouse::ClickhouseSink;
+
+    fn batch(id: &str) -> Batch {
+        Batch {
+            id: id.into(),
+            rows: vec![Row {
+                ts: 60,
+                country: "DE".into(),
+                os: "Linux".into(),
+                browser: "Firefox".into(),
+                device: "desktop".into(),
+                campaign_id: 1,
+                requests: 3,
+                impressions: 3,
+                clicks: 0,
+            }],
+        }
+    }
+
+    /// A sink that always refuses the connection (transient), and a spool that refuses every
+    /// batch (`spool_max_bytes = 0`), as a full disk would.
+    fn both_refuse(max_pending_rows: u64) -> (Flusher, PathBuf) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let sink = Sink::Clickhouse(ClickhouseSink::new(
+            &ClickhouseConfig {
+                url: format!("http://127.0.0.1:{port}"),
+                ..ClickhouseConfig::default()
+            },
+            Duration::from_secs(2),
+        ));
+        let dir = std::env::temp_dir().join(format!("rotator-flusher-{}", fastrand::u64(..)));
+        let spool = Spool::open(&dir, 0).unwrap();
+        let settings = FlushSettings {
+            interval: Duration::from_secs(1),
+            max_pending_rows,
+            spool_after: Duration::ZERO,
+            write_timeout: Duration::from_secs(2),
+        };
+        let flusher = Flusher::new(
+            Arc::new(Aggregator::new(1)),
+            sink,
+            spool,
+            settings,
+            Metrics::new(),
+        );
+        (flusher, dir)
+    }
+
+    fn ids(f: &Flusher) -> Vec<String> {
+        f.queue.iter().map(|b| b.id.clone()).collect()
+    }
+
+    /// One turn of the run loop, with the retry due at once.
+    async fn turn(f: &mut Flusher, id: &str) {
+        f.queue.push_back(batch(id));
+        f.retry_at = None;
+        f.deliver().await;
+        if f.must_spool() {
+            f.spool_queue();
+        }
+        f.shed();
+    }
+
+    #[tokio::test]
+    async fn issue_9_3_rows_are_lost_only_past_the_memory_bound_and_at_shutdown() {
+        let (mut f, dir) = both_refuse(2);
+        for id in ["a", "b", "c", "d"] {
+            turn(&mut f, id).await;
+        }
+        assert!(f.failing_since.is_some() && !f.spool_ok);
+        assert!(!f.metrics.stats_ready());
+        assert_eq!(ids(&f), ["c", "d"], "the newest wait in memory");
+        assert_eq!(f.metrics.stats_rows_lost.get(), 2);
+        // Shutdown: the sink is tried once more, the spool refuses, the rest is lost.
+        f.finish(Duration::from_secs(5)).await;
+        assert!(f.queue.is_empty());
+        assert_eq!(f.metrics.stats_rows_lost.get(), 4);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_recovered_sink_gets_what_the_spool_refuses() {
+        let (mut f, dir) = both_refuse(10);
+        turn(&mut f, "a").await;
+        assert_eq!(ids(&f), ["a"]);
+        assert!(!f.metrics.stats_ready());
+        // The sink answers again; the spool still refuses. Readiness follows the sink.
+        f.sink = Sink::None;
+        turn(&mut f, "b").await;
+        assert!(f.queue.is_empty() && f.failing_since.is_none());
+        assert!(f.metrics.stats_ready());
+        // At shutdown a sink marked failing is tried once more before anything is lost.
+        f.queue.push_back(batch("c"));
+        f.failing_since = Some(Instant::now());
+        f.finish(Duration::from_secs(5)).await;
+        assert!(f.queue.is_empty());
+        assert_eq!(f.metrics.stats_rows_lost.get(), 0);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

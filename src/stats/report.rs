@@ -84,8 +84,13 @@ fn fill_rate(requests: u64, impressions: u64) -> f64 {
 
 /// Renders rows (sorted by requests, descending) and a total.
 pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> String {
+    let total = ReportRow {
+        group: query.by.iter().map(|_| String::new()).collect(),
+        requests: rows.iter().fold(0, |t, r| t.saturating_add(r.requests)),
+        impressions: rows.iter().fold(0, |t, r| t.saturating_add(r.impressions)),
+    };
     if query.by.is_empty() {
-        // Without grouping the one row is the total, printed once.
+        // Without grouping the one row is the total (summed above), printed once.
         rows.clear();
     }
     rows.sort_by(|a, b| {
@@ -93,11 +98,6 @@ pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> 
             .cmp(&a.requests)
             .then_with(|| a.group.cmp(&b.group))
     });
-    let total = ReportRow {
-        group: query.by.iter().map(|_| String::new()).collect(),
-        requests: rows.iter().map(|r| r.requests).sum(),
-        impressions: rows.iter().map(|r| r.impressions).sum(),
-    };
     let names: Vec<&str> = query
         .by
         .iter()
@@ -255,5 +255,46 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&render(&q, r, Format::Json)).unwrap();
         assert_eq!(json["total"]["requests"], 20);
         assert_eq!(json["rows"][0]["campaign"], "1");
+    }
+
+    /// Issue 8 item 3: without `--by` the sink's one row is the total; it used to be cleared
+    /// before the total was summed, so every format printed zeros.
+    #[test]
+    fn issue_8_3_totals_without_grouping() {
+        let q = ReportQuery {
+            from: 0,
+            to: 60,
+            by: vec![],
+        };
+        let r = vec![ReportRow {
+            group: vec![],
+            requests: 20,
+            impressions: 15,
+        }];
+        assert_eq!(
+            render(&q, r.clone(), Format::Table),
+            "requests  impressions  fill rate\n      20           15      75.0%\n"
+        );
+        assert_eq!(
+            render(&q, r.clone(), Format::Csv),
+            "requests,impressions,fill_rate\n20,15,0.7500\n"
+        );
+        let json: serde_json::Value = serde_json::from_str(&render(&q, r, Format::Json)).unwrap();
+        assert_eq!(json["rows"], serde_json::json!([]));
+        assert_eq!(
+            json["total"],
+            serde_json::json!({"requests": 20, "impressions": 15, "fill_rate": 0.75})
+        );
+    }
+
+    #[test]
+    fn totals_saturate() {
+        let (q, mut r) = rows();
+        r[0].requests = u64::MAX;
+        let csv = render(&q, r, Format::Csv);
+        assert!(
+            csv.ends_with(&format!("TOTAL,{},15,0.0000\n", u64::MAX)),
+            "{csv}"
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 mod allocations;
 mod cli;
+mod full_disk;
 mod harness;
 mod observability;
 mod reload;

@@ -168,6 +168,21 @@ async fn exercise(sink: &Sink, run: &str, replay_is_noop: bool) {
     .await
     .expect("write empty");
 
+    // Issue 9 item 7: the value SQLite refuses (above i64::MAX) is a valid count here, stored
+    // and read back whole.
+    let late = T0 + 30 * MINUTE;
+    let huge = Batch {
+        id: format!("{run}-huge"),
+        rows: vec![row(late, "DE", "Linux", "desktop", 4, 1 << 63, 1)],
+    };
+    sink.write(&huge, TIMEOUT)
+        .await
+        .expect("write 2^63 requests");
+    assert_eq!(
+        report(sink, late, late + MINUTE, &[]).await,
+        [line(&[], 1 << 63, 1)]
+    );
+
     sink.write(&a, TIMEOUT).await.expect("replay a");
     if replay_is_noop {
         assert_totals_of_a_and_b(sink).await;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{Server, config, repo, run, seed_campaigns, temp_dir};
+use crate::harness::{Server, config, repo, request, run, seed_campaigns, temp_dir};
 use crate::server::{CHROME, CHROME_ANDROID, DE, FIREFOX, GOOGLEBOT, RU, US};
 use crate::support::{service_lock, service_url};
 
@@ -82,6 +82,136 @@ fn report(dir: &std::path::Path) -> Sums {
     sums
 }
 
+/// Groupings `rotator report --by` is checked with: none, each column alone, and two
+/// combinations.
+const GROUPINGS: [&[&str]; 8] = [
+    &[],
+    &["campaign"],
+    &["country"],
+    &["browser"],
+    &["os"],
+    &["device"],
+    &["country", "device"],
+    &["campaign", "country", "browser", "os", "device"],
+];
+
+/// The five key columns in the order of [`Sums`] keys.
+const KEY_COLUMNS: [&str; 5] = ["campaign", "country", "browser", "os", "device"];
+
+/// One parsed report: group values → (requests, impressions), and the total line.
+type Parsed = (BTreeMap<Vec<String>, (u64, u64)>, (u64, u64));
+
+/// Parses `rotator report` output in `format` for a grouping of `n` columns.
+fn parse_report(format: &str, n: usize, out: &str) -> Parsed {
+    let mut groups = BTreeMap::new();
+    let number = |s: &str| -> u64 { s.parse().unwrap_or_else(|e| panic!("{s:?}: {e}\n{out}")) };
+    let total = match format {
+        "json" => {
+            let v: serde_json::Value =
+                serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"));
+            let counts = |r: &serde_json::Value| {
+                (
+                    r["requests"].as_u64().unwrap(),
+                    r["impressions"].as_u64().unwrap(),
+                )
+            };
+            for row in v["rows"].as_array().unwrap() {
+                let obj = row.as_object().unwrap();
+                assert_eq!(obj.len(), n + 3, "{row}");
+                let group = obj
+                    .iter()
+                    .filter(|(k, _)| {
+                        !["requests", "impressions", "fill_rate"].contains(&k.as_str())
+                    })
+                    .map(|(k, v)| {
+                        (
+                            KEY_COLUMNS.iter().position(|c| c == k).unwrap(),
+                            v.as_str().unwrap().to_string(),
+                        )
+                    })
+                    .collect::<BTreeMap<_, _>>();
+                groups.insert(group.into_values().collect(), counts(row));
+            }
+            counts(&v["total"])
+        }
+        "csv" | "table" => {
+            let lines: Vec<Vec<String>> = out
+                .lines()
+                .map(|l| {
+                    if format == "csv" {
+                        l.split(',').map(String::from).collect()
+                    } else {
+                        // Cells are separated by two spaces or more; "-" is an empty value.
+                        l.split("  ")
+                            .map(str::trim)
+                            .filter(|c| !c.is_empty())
+                            .map(|c| {
+                                if c == "-" {
+                                    String::new()
+                                } else {
+                                    c.to_string()
+                                }
+                            })
+                            .collect()
+                    }
+                })
+                .collect();
+            assert!(lines.len() >= 2, "{out}");
+            for l in &lines {
+                assert_eq!(l.len(), n + 3, "{l:?} in\n{out}");
+            }
+            let (total, rows) = lines[1..].split_last().unwrap();
+            if n > 0 {
+                assert_eq!(total[0], "TOTAL", "{out}");
+            }
+            for r in rows {
+                groups.insert(r[..n].to_vec(), (number(&r[n]), number(&r[n + 1])));
+            }
+            (number(&total[n]), number(&total[n + 1]))
+        }
+        _ => unreachable!("{format}"),
+    };
+    (groups, total)
+}
+
+/// Checks every grouping in every format against `expected` (issue 8 item 3: totals without
+/// `--by` used to print 0).
+fn assert_every_report(dir: &std::path::Path, expected: &Sums) {
+    let cfg = dir.join("rotator.toml");
+    let total = expected
+        .values()
+        .fold((0, 0), |t, v| (t.0 + v.0, t.1 + v.1));
+    for by in GROUPINGS {
+        let mut want = BTreeMap::<Vec<String>, (u64, u64)>::new();
+        for (key, v) in expected {
+            let group = by
+                .iter()
+                .map(|c| key[KEY_COLUMNS.iter().position(|k| k == c).unwrap()].clone())
+                .collect();
+            let e = want.entry(group).or_default();
+            e.0 += v.0;
+            e.1 += v.1;
+        }
+        if by.is_empty() {
+            // The one line is the total; it is not repeated as a row.
+            want.clear();
+        }
+        let joined = by.join(",");
+        for format in ["table", "csv", "json"] {
+            let mut args = vec!["report", "--config", cfg.to_str().unwrap(), "--since", "1d"];
+            if !by.is_empty() {
+                args.extend(["--by", &joined]);
+            }
+            args.extend(["--format", format]);
+            let (status, out, err) = run(&args, None);
+            assert!(status.success(), "{args:?}: {err}");
+            let (groups, got_total) = parse_report(format, by.len(), &out);
+            assert_eq!(got_total, total, "total of {args:?}:\n{out}");
+            assert_eq!(groups, want, "rows of {args:?}:\n{out}");
+        }
+    }
+}
+
 fn services(action: &str, name: &str) {
     let status = Command::new(repo().join("scripts/services"))
         .args([action, name])
@@ -110,6 +240,7 @@ fn sqlite_counts_every_request_exactly_once_and_flushes_at_shutdown() {
     let (status, log) = s.stop();
     assert!(status.success(), "{log}");
     assert_eq!(report(&dir), expected(6));
+    assert_every_report(&dir, &expected(6));
 }
 
 #[test]
@@ -132,6 +263,87 @@ fn an_unusable_sqlite_path_is_a_start_up_error() {
     );
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("blocked"), "{err}");
+}
+
+/// The value of an unlabelled metric on the server's metrics listener.
+pub fn metric(s: &Server, name: &str) -> f64 {
+    let text = request(s.metrics.unwrap(), "GET", "/metrics", &[]).body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// Issue 9 item 7: a spooled batch the database cannot store (`requests` above SQLite's signed
+/// 64-bit range) used to be retried forever, holding up every batch behind it. Now it goes to
+/// `rejected/`, a spool file that does not parse is quarantined with its rows counted as lost,
+/// and the batches behind both are written. (Two files are named as earlier releases named them,
+/// `<seq>.batch`; the corrupt one carries its row count, `<seq>-<rows>.batch`.)
+#[test]
+fn issue_9_7_bad_spooled_batches_do_not_block_the_rest() {
+    let dir = temp_dir("bad-spool");
+    let spool = dir.join("data/spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ts = now / 60 * 60 - 3600;
+    let row = |campaign: u32, requests: &str| {
+        format!(
+            r#"{{"ts":{ts},"country":"DE","os":"Linux","browser":"Firefox","device":"desktop","campaign_id":{campaign},"requests":{requests},"impressions":0,"clicks":0}}"#
+        )
+    };
+    let header = r#"{"format":"rotator-spool","version":1}"#;
+    std::fs::write(
+        spool.join("00000000000000000001.batch"),
+        format!(
+            "{header}\n{{\"id\":\"too-big\",\"rows\":[{},{}]}}\n",
+            row(7, "1"),
+            row(8, "9223372036854775808")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        spool.join("00000000000000000002-3.batch"),
+        format!("{header}\n{{\"id\":\"cut-off\",\"rows\":[{}", row(9, "1")),
+    )
+    .unwrap();
+    std::fs::write(
+        spool.join("00000000000000000003.batch"),
+        format!("{header}\n{{\"id\":\"good\",\"rows\":[{}]}}\n", row(3, "5")),
+    )
+    .unwrap();
+    let cfg = config("", &format!("[stats]\nsink = \"sqlite\"\n{FAST_FLUSH}"));
+    let s = Server::start_in(&dir, &cfg, &seed_campaigns());
+    send_round(&s);
+    s.wait_for_log("kept in", Duration::from_secs(10));
+    s.wait_for_log("statistics LOST: 3 rows", Duration::from_secs(10));
+    assert_eq!(metric(&s, "rotator_stats_rows_lost_total"), 3.0);
+    let (status, log) = s.stop();
+    assert!(status.success(), "{log}");
+
+    let rejected: Vec<_> = std::fs::read_dir(spool.join("rejected"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(rejected.len(), 1, "{log}");
+    assert!(rejected[0].contains("too-big"), "{}", rejected[0]);
+    assert!(
+        spool.join("00000000000000000002-3.corrupt").exists(),
+        "{log}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".batch"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}\n{log}");
+    let mut want = expected(1);
+    want.insert(
+        ["3", "DE", "Firefox", "Linux", "desktop"].map(String::from),
+        (5, 0),
+    );
+    assert_eq!(report(&dir), want, "{log}");
 }
 
 /// Outage and restart test shared by the ClickHouse and MariaDB sinks.
@@ -195,6 +407,7 @@ fn outage_and_spool(tag: &str, service: &str, spool_after: &str, stats_section: 
         expected(rounds),
         "after a spool replay\n{log}"
     );
+    assert_every_report(&dir, &expected(rounds));
 }
 
 #[test]

@@ -168,7 +168,7 @@ fn server_code(text: &str) -> Option<u32> {
 
 /// Server error codes that mean "these rows (or this query) can never be accepted": retrying
 /// would fail the same way and hold up the batches behind.
-const DATA_ERRORS: [u32; 13] = [
+const DATA_ERRORS: [u32; 16] = [
     6,   // CANNOT_PARSE_TEXT
     26,  // CANNOT_PARSE_QUOTED_STRING
     27,  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
@@ -182,6 +182,9 @@ const DATA_ERRORS: [u32; 13] = [
     72,  // CANNOT_PARSE_NUMBER
     117, // INCORRECT_DATA
     131, // TOO_LARGE_STRING_SIZE
+    321, // VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    349, // CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+    469, // VIOLATED_CONSTRAINT (a CHECK an operator added to the table)
 ];
 
 /// Whether a retry can help.
@@ -514,6 +517,12 @@ mod tests {
             "Code: 117. DB::Exception: Incorrect data: ... (INCORRECT_DATA) (version 23.3.1.1)"
         ));
         assert!(!bad("Code: 53"));
+        assert!(!bad(
+            "Code: 321. DB::Exception: Value 300 is out of range of UInt8. (VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE)"
+        ));
+        assert!(!bad(
+            "Code: 469. DB::Exception: Constraint `c` for table t is violated. (VIOLATED_CONSTRAINT)"
+        ));
         // Fixable by an operator or by waiting: retried.
         assert!(bad(
             "Code: 60, e.displayText() = DB::Exception: Table rotator.stats doesn't exist., e.what() = DB::Exception"

@@ -37,14 +37,19 @@ const ER_DUP_ENTRY: u16 = 1062;
 
 /// Server errors that mean "these rows can never be accepted": retrying would fail the same way
 /// and hold up the batches behind.
-const DATA_ERRORS: [u16; 7] = [
+const DATA_ERRORS: [u16; 12] = [
     1048, // ER_BAD_NULL_ERROR (e.g. FROM_UNIXTIME out of range gives NULL)
     1264, // ER_WARN_DATA_OUT_OF_RANGE
+    1265, // WARN_DATA_TRUNCATED
     1292, // ER_TRUNCATED_WRONG_VALUE (incorrect datetime value)
     1300, // ER_INVALID_CHARACTER_STRING
     1366, // ER_TRUNCATED_WRONG_VALUE_FOR_FIELD (incorrect string value)
+    1367, // ER_ILLEGAL_VALUE_FOR_TYPE
     1406, // ER_DATA_TOO_LONG
+    1411, // ER_WRONG_VALUE_FOR_TYPE (e.g. an impossible date for a function)
     1690, // ER_DATA_OUT_OF_RANGE (a sum past BIGINT UNSIGNED)
+    3819, // ER_CHECK_CONSTRAINT_VIOLATED (MySQL 8)
+    4025, // ER_CONSTRAINT_FAILED (MariaDB: a CHECK an operator added)
 ];
 
 /// Writes statistics to a MySQL or MariaDB table.
@@ -392,7 +397,7 @@ mod tests {
             }))
             .retryable
         };
-        for code in [1366, 1406, 1264, 1690, 1048] {
+        for code in [1366, 1406, 1264, 1265, 1690, 1048, 1411, 4025] {
             assert!(!server(code), "{code}");
         }
         for code in [1213, 1205, 1146, 1045, 1040] {

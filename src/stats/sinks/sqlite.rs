@@ -2,9 +2,18 @@
 //!
 //! Guarantee: **exactly once**. Each batch is applied in one transaction that also inserts its id
 //! into `rotator_batches` (primary key); replaying a batch finds the id and changes nothing.
-//! WAL mode lets `rotator report` read while the server writes. SQLite calls block, so they run
-//! on tokio's blocking pool; the connection sits behind a std `Mutex` held only inside those
-//! blocking calls.
+//! WAL mode lets `rotator report` read while the server writes. `synchronous = FULL`: the WAL is
+//! fsynced at every commit, so a batch the sink acknowledged (and the flusher then forgot or
+//! deleted from the spool) survives a power loss; `NORMAL` would only sync at checkpoints and
+//! could undo many flush intervals. The cost is one fsync per flush interval.
+//!
+//! Data errors (never retried): a count above `i64::MAX` (SQLite integers are signed), a sum that
+//! would leave `i64` (SQLite would silently store it as a float; each upsert reports the types it
+//! stored, and a non-integer rolls the batch back), constraint and type violations. Everything else
+//! (a full disk, a locked or unreadable file) is worth retrying.
+//!
+//! SQLite calls block, so they run on tokio's blocking pool; the connection sits behind a std
+//! `Mutex` held only inside those blocking calls.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -29,9 +38,24 @@ pub struct SqliteSink {
     pruned: Mutex<Option<std::time::Instant>>,
 }
 
-fn err(e: impl std::fmt::Display) -> SinkError {
-    // SQLite failures are local (disk full, locked file): worth retrying.
-    SinkError::transient(NAME, e.to_string())
+/// Whether a retry can help: not for values SQLite cannot store (module doc), yes for everything
+/// else (a full disk, a locked file, an I/O error).
+fn err(e: rusqlite::Error) -> SinkError {
+    use rusqlite::ffi::ErrorCode;
+    let data = match &e {
+        rusqlite::Error::ToSqlConversionFailure(_)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => true,
+        rusqlite::Error::SqliteFailure(f, _) => matches!(
+            f.code,
+            ErrorCode::ConstraintViolation | ErrorCode::TypeMismatch | ErrorCode::TooBig
+        ),
+        _ => false,
+    };
+    if data {
+        SinkError::permanent(NAME, e.to_string())
+    } else {
+        SinkError::transient(NAME, e.to_string())
+    }
 }
 
 impl SqliteSink {
@@ -50,7 +74,7 @@ impl SqliteSink {
             .map_err(|e| SinkError::permanent(NAME, format!("{}: {e}", path.display())))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
@@ -105,13 +129,21 @@ impl SqliteSink {
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
                          ON CONFLICT (ts, country, os, browser, device, campaign_id) DO UPDATE SET \
                          requests = requests + excluded.requests, impressions = impressions + excluded.impressions, \
-                         clicks = clicks + excluded.clicks",
+                         clicks = clicks + excluded.clicks \
+                         RETURNING typeof(requests) = 'integer' AND typeof(impressions) = 'integer' AND typeof(clicks) = 'integer'",
                     )
                     .map_err(err)?;
                 for r in &batch.rows {
-                    upsert
-                        .execute(params![r.ts, r.country, r.os, r.browser, r.device, r.campaign_id, r.requests, r.impressions, r.clicks])
+                    let integers: bool = upsert
+                        .query_row(params![r.ts, r.country, r.os, r.browser, r.device, r.campaign_id, r.requests, r.impressions, r.clicks], |row| row.get(0))
                         .map_err(err)?;
+                    if !integers {
+                        // Dropping the transaction rolls the whole batch back.
+                        return Err(SinkError::permanent(NAME, format!(
+                            "batch {}: adding requests {}, impressions {}, clicks {} to ({}, {:?}, {:?}, {:?}, {:?}, {}) leaves the 64-bit integer range",
+                            batch.id, r.requests, r.impressions, r.clicks, r.ts, r.country, r.os, r.browser, r.device, r.campaign_id
+                        )));
+                    }
                 }
             }
             tx.commit().map_err(err)
@@ -230,13 +262,133 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    #[tokio::test]
-    async fn expired_batch_ids_are_pruned() {
-        let dir = std::env::temp_dir().join(format!("rotator-sqlite-prune-{}", fastrand::u64(..)));
+    fn temp_sink(tag: &str) -> (PathBuf, SqliteSink) {
+        let dir = std::env::temp_dir().join(format!("rotator-sqlite-{tag}-{}", fastrand::u64(..)));
         let sink = SqliteSink::open(&SqliteConfig {
             path: dir.join("stats.db"),
         })
         .unwrap();
+        (dir, sink)
+    }
+
+    async fn batch_ids(sink: &SqliteSink) -> Vec<String> {
+        sink.blocking(|c| {
+            let mut st = c
+                .prepare("SELECT batch_id FROM rotator_batches ORDER BY batch_id")
+                .map_err(err)?;
+            let ids = st
+                .query_map([], |r| r.get(0))
+                .map_err(err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err)?;
+            Ok(ids)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Issue 9 item 12: WAL with `synchronous = NORMAL` can undo acknowledged batches on power
+    /// loss; every commit must be fsynced.
+    #[tokio::test]
+    async fn commits_are_fsynced() {
+        let (dir, sink) = temp_sink("sync");
+        let (mode, sync): (String, i64) = sink
+            .blocking(|c| {
+                let mode = c
+                    .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                    .map_err(err)?;
+                let sync = c
+                    .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                    .map_err(err)?;
+                Ok((mode, sync))
+            })
+            .await
+            .unwrap();
+        assert_eq!((mode.as_str(), sync), ("wal", 2), "2 is FULL");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Issue 9 item 7: values SQLite cannot store are data errors (not retried), and nothing of
+    /// the refused batch stays behind.
+    #[tokio::test]
+    async fn issue_9_7_values_out_of_range_are_data_errors() {
+        let (dir, sink) = temp_sink("range");
+        sink.migrate().await.unwrap();
+        let mut big = row(60, 1, 1);
+        big.requests = 9_223_372_036_854_775_808;
+        let err = sink
+            .write(&Batch {
+                id: "big".into(),
+                rows: vec![row(60, 2, 5), big],
+            })
+            .await
+            .unwrap_err();
+        assert!(!err.retryable, "{err}");
+
+        sink.write(&Batch {
+            id: "max".into(),
+            rows: vec![row(120, 1, i64::MAX as u64)],
+        })
+        .await
+        .unwrap();
+        let err = sink
+            .write(&Batch {
+                id: "over".into(),
+                rows: vec![row(180, 3, 7), row(120, 1, 1)],
+            })
+            .await
+            .unwrap_err();
+        assert!(!err.retryable, "{err}");
+        assert!(err.message.contains("64-bit"), "{err}");
+
+        // Both refused batches were rolled back whole; later batches go through.
+        sink.write(&Batch {
+            id: "after".into(),
+            rows: vec![row(60, 2, 1)],
+        })
+        .await
+        .unwrap();
+        assert_eq!(batch_ids(&sink).await, ["after", "max"]);
+        let q = ReportQuery {
+            from: 0,
+            to: 240,
+            by: vec!["campaign_id"],
+        };
+        let mut rows = sink.report(&q).await.unwrap();
+        rows.sort_by(|x, y| x.group.cmp(&y.group));
+        let requests: Vec<(String, u64)> = rows
+            .into_iter()
+            .map(|r| (r.group[0].clone(), r.requests))
+            .collect();
+        assert_eq!(
+            requests,
+            [("1".to_string(), i64::MAX as u64), ("2".to_string(), 1)]
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_is_worth_retrying() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full".into()),
+        );
+        assert!(err(full).retryable);
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert!(err(busy).retryable);
+        let check = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_CHECK),
+            None,
+        );
+        assert!(!err(check).retryable);
+    }
+
+    #[tokio::test]
+    async fn expired_batch_ids_are_pruned() {
+        let (dir, sink) = temp_sink("prune");
         sink.migrate().await.unwrap();
         let old = (super::super::BATCH_ID_RETENTION_DAYS as i64 + 1) * 86_400;
         sink.blocking(move |c| {
@@ -253,21 +405,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let ids: Vec<String> = sink
-            .blocking(|c| {
-                let mut st = c
-                    .prepare("SELECT batch_id FROM rotator_batches ORDER BY batch_id")
-                    .map_err(err)?;
-                let ids = st
-                    .query_map([], |r| r.get(0))
-                    .map_err(err)?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(err)?;
-                Ok(ids)
-            })
-            .await
-            .unwrap();
-        assert_eq!(ids, ["new", "recent"]);
+        assert_eq!(batch_ids(&sink).await, ["new", "recent"]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
