@@ -24,11 +24,9 @@ pub async fn reload(path: &Path, handle: &CatalogueHandle, metrics: &Metrics, wh
         Ok(Ok(catalogue)) => {
             let ids: Vec<u32> = catalogue.campaigns().iter().map(|c| c.id).collect();
             let (campaigns, active) = (catalogue.campaigns().len(), catalogue.active());
-            for warning in catalogue.warnings() {
-                tracing::warn!("{warning}");
-            }
             metrics.campaigns_active.set(active as i64);
             metrics.set_campaigns(&ids);
+            let warnings = catalogue.warnings();
             let old = handle.swap(Arc::new(catalogue));
             metrics.observe_reload(true);
             let before = old.active();
@@ -49,6 +47,9 @@ pub async fn reload(path: &Path, handle: &CatalogueHandle, metrics: &Metrics, wh
                     "campaigns reloaded ({why}) from {}",
                     path.display()
                 );
+            }
+            for warning in warnings {
+                tracing::warn!("{warning}");
             }
             file_watch::retire(old).await;
             true
