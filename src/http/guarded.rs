@@ -1,0 +1,150 @@
+//! The socket under every connection, with the limits hyper does not enforce.
+//!
+//! - **Send timeout** (like nginx's `send_timeout`): when a write has waited longer than the
+//!   timeout for a peer that does not read, the connection fails with `TimedOut` and is closed.
+//! - **Bounded queue of responses**: while a write is blocked no more request bytes are read, so
+//!   a client that pipelines megabytes of requests and never reads makes hyper answer at most
+//!   what is already in its 16 KiB read buffer; without this hyper keeps reading and queues every
+//!   answer in memory.
+//! - **HTTP/2 preface** (`PRI * HTTP/2.0`, prior-knowledge h2c): hyper closes such a connection
+//!   without a word; here the client gets `505 HTTP Version Not Supported` first.
+//!
+//! Invariant: a `Pending` returned by `poll_read` while writes are blocked is always followed by
+//! a wake-up, because the blocked write registered the same task with the socket and the timer.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+/// The first bytes of an HTTP/2 connection preface (RFC 9113, section 3.4).
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+
+/// What an HTTP/2 prior-knowledge client is told before the connection closes.
+const H2_ANSWER: &[u8] = b"HTTP/1.1 505 HTTP Version Not Supported\r\n\
+content-type: text/plain; charset=utf-8\r\ncontent-length: 44\r\nconnection: close\r\n\r\n\
+HTTP/2 is not supported here: use HTTP/1.1.\n";
+
+/// A TCP stream with a send timeout, read back-pressure and an answer to HTTP/2 prefaces.
+pub struct Guarded {
+    stream: TcpStream,
+    send_timeout: Duration,
+    /// Armed while a write waits for the peer; its deadline is when the connection gives up.
+    timer: Pin<Box<Sleep>>,
+    write_blocked: bool,
+    first_read: bool,
+    /// Counts connections closed by the send timeout.
+    timeouts: IntCounter,
+}
+
+impl Guarded {
+    /// Wraps `stream`; a write blocked for longer than `send_timeout` fails the connection and
+    /// increments `timeouts`.
+    pub fn new(stream: TcpStream, send_timeout: Duration, timeouts: IntCounter) -> Guarded {
+        Guarded {
+            stream,
+            send_timeout,
+            timer: Box::pin(tokio::time::sleep(send_timeout)),
+            write_blocked: false,
+            first_read: true,
+            timeouts,
+        }
+    }
+
+    /// Bookkeeping after a write or flush: starts the clock when it blocks, stops it when it
+    /// makes progress, and fails the write once the peer has not read for `send_timeout`.
+    fn on_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match result {
+            Poll::Pending => {
+                if !self.write_blocked {
+                    self.write_blocked = true;
+                    let deadline = Instant::now() + self.send_timeout;
+                    self.timer.as_mut().reset(deadline);
+                }
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    self.timeouts.inc();
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the peer did not read for the send timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+            ready => {
+                self.write_blocked = false;
+                ready
+            }
+        }
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.write_blocked {
+            return Poll::Pending;
+        }
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if this.first_read && result.is_ready() {
+            this.first_read = false;
+            if buf.filled()[before..].starts_with(H2_PREFACE_START) {
+                // Best effort: a fresh socket's send buffer takes these few bytes at once.
+                let _ = this.stream.try_write(H2_ANSWER);
+                buf.set_filled(before);
+                return Poll::Ready(Ok(()));
+            }
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.on_write(cx, result)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.on_write(cx, result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_flush(cx);
+        this.on_write(cx, result)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
