@@ -345,12 +345,12 @@ fn explain(
     headers: &[String],
     stdin: bool,
 ) -> Result<()> {
+    let headers = header_map(headers, ua)?;
     let core = load_core(Config::load(path)?)?;
     let decider = decider(&core, Metrics::new(), None)?;
     let mut out = std::io::stdout().lock();
     if !stdin {
         let ip = ip.ok_or_else(|| anyhow!("--ip is required"))?;
-        let headers = header_map(headers, ua)?;
         serde_json::to_writer(&mut out, &decider.explain_request(ip, &headers))?;
         writeln!(out)?;
         return Ok(());
