@@ -2,15 +2,14 @@
 //!
 //! - **Send timeout** (like nginx's `send_timeout`): when a write has waited longer than the
 //!   timeout for a peer that does not read, the connection fails with `TimedOut` and is closed.
-//! - **Bounded queue of responses**: while a write is blocked no more request bytes are read, so
-//!   a client that pipelines megabytes of requests and never reads makes hyper answer at most
-//!   what is already in its 16 KiB read buffer; without this hyper keeps reading and queues every
-//!   answer in memory.
+//!   Without it a client that pipelines requests and never reads holds its connection forever.
+//!   (The answers queued for it are already bounded: hyper's HTTP/1 dispatcher reads the next
+//!   pipelined request only once the previous answer has been flushed to the socket.)
 //! - **HTTP/2 preface** (`PRI * HTTP/2.0`, prior-knowledge h2c): hyper closes such a connection
 //!   without a word; here the client gets `505 HTTP Version Not Supported` first.
 //!
-//! Invariant: a `Pending` returned by `poll_read` while writes are blocked is always followed by
-//! a wake-up, because the blocked write registered the same task with the socket and the timer.
+//! The timer is polled from `poll_write`/`poll_flush`, which hyper calls again whenever the task
+//! wakes while it has bytes to send, so the timer's wake-up is never lost.
 
 use std::future::Future;
 use std::io;
@@ -31,7 +30,7 @@ const H2_ANSWER: &[u8] = b"HTTP/1.1 505 HTTP Version Not Supported\r\n\
 content-type: text/plain; charset=utf-8\r\ncontent-length: 44\r\nconnection: close\r\n\r\n\
 HTTP/2 is not supported here: use HTTP/1.1.\n";
 
-/// A TCP stream with a send timeout, read back-pressure and an answer to HTTP/2 prefaces.
+/// A TCP stream with a send timeout and an answer to HTTP/2 prefaces.
 pub struct Guarded {
     stream: TcpStream,
     send_timeout: Duration,
@@ -95,9 +94,6 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.write_blocked {
-            return Poll::Pending;
-        }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.stream).poll_read(cx, buf);
         if this.first_read && result.is_ready() {

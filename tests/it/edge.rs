@@ -337,7 +337,7 @@ fn r9_descriptor_limit_is_raised_and_max_connections_holds() {
 }
 
 /// Issue 9, item 4: a client that pipelines 2 MB of requests and never reads is closed after
-/// `send_timeout`, and the server stops reading its requests while its answers cannot be sent.
+/// `send_timeout` (it stayed open for good before), and the answers queued for it stay bounded.
 #[test]
 fn r9_a_client_that_never_reads_is_closed() {
     let dir = temp_dir("noread");
@@ -382,6 +382,7 @@ fn r9_a_client_that_never_reads_is_closed() {
     )
     .unwrap();
     let requests = (sent / request.len()) as f64;
+    eprintln!("closed after {closed_after:?}; answered {answered} of {requests} requests sent");
     assert!(
         answered < requests,
         "all {requests} pipelined requests were answered: nothing bounded the queue"
