@@ -6,7 +6,9 @@
 //!   (The answers queued for it are already bounded: hyper's HTTP/1 dispatcher reads the next
 //!   pipelined request only once the previous answer has been flushed to the socket.)
 //! - **HTTP/2 preface** (`PRI * HTTP/2.0`, prior-knowledge h2c): hyper closes such a connection
-//!   without a word; here the client gets `505 HTTP Version Not Supported` first.
+//!   without a word; here the client gets `505 HTTP Version Not Supported`, then the end of the
+//!   stream, and what it sends after the preface is read and dropped until it closes (closing
+//!   with unread bytes would reset the connection and could destroy the answer).
 //!
 //! The timer is polled from `poll_write`/`poll_flush`, which hyper calls again whenever the task
 //! wakes while it has bytes to send, so the timer's wake-up is never lost.
@@ -30,6 +32,21 @@ const H2_ANSWER: &[u8] = b"HTTP/1.1 505 HTTP Version Not Supported\r\n\
 content-type: text/plain; charset=utf-8\r\ncontent-length: 44\r\nconnection: close\r\n\r\n\
 HTTP/2 is not supported here: use HTTP/1.1.\n";
 
+/// What the first bytes of the connection were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Preface {
+    /// Nothing read yet.
+    Unchecked,
+    /// Not an HTTP/2 preface: bytes go to hyper.
+    Http1,
+    /// An HTTP/2 preface, answered: bytes are dropped until the peer closes.
+    Http2Answered,
+}
+
+/// Reads at most this many times per poll while dropping an HTTP/2 client's bytes, so a client
+/// that floods cannot hold the worker thread.
+const DISCARD_READS_PER_POLL: usize = 16;
+
 /// A TCP stream with a send timeout and an answer to HTTP/2 prefaces.
 pub struct Guarded {
     stream: TcpStream,
@@ -37,7 +54,7 @@ pub struct Guarded {
     /// Armed while a write waits for the peer; its deadline is when the connection gives up.
     timer: Pin<Box<Sleep>>,
     write_blocked: bool,
-    first_read: bool,
+    preface: Preface,
     /// Counts connections closed by the send timeout.
     timeouts: IntCounter,
 }
@@ -51,7 +68,7 @@ impl Guarded {
             send_timeout,
             timer: Box::pin(tokio::time::sleep(send_timeout)),
             write_blocked: false,
-            first_read: true,
+            preface: Preface::Unchecked,
             timeouts,
         }
     }
@@ -85,6 +102,22 @@ impl Guarded {
             }
         }
     }
+
+    /// Reads and drops what an answered HTTP/2 client still sends; end of stream once it closes.
+    fn discard(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        for _ in 0..DISCARD_READS_PER_POLL {
+            let result = Pin::new(&mut self.stream).poll_read(cx, buf);
+            let read = buf.filled().len() - before;
+            buf.set_filled(before);
+            match result {
+                Poll::Ready(Ok(())) if read > 0 => continue,
+                other => return other,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
 }
 
 impl AsyncRead for Guarded {
@@ -94,15 +127,23 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        match this.preface {
+            Preface::Http1 => return Pin::new(&mut this.stream).poll_read(cx, buf),
+            Preface::Http2Answered => return this.discard(cx, buf),
+            Preface::Unchecked => {}
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.stream).poll_read(cx, buf);
-        if this.first_read && result.is_ready() {
-            this.first_read = false;
+        if result.is_ready() {
+            this.preface = Preface::Http1;
             if buf.filled()[before..].starts_with(H2_PREFACE_START) {
-                // Best effort: a fresh socket's send buffer takes these few bytes at once.
-                let _ = this.stream.try_write(H2_ANSWER);
                 buf.set_filled(before);
-                return Poll::Ready(Ok(()));
+                this.preface = Preface::Http2Answered;
+                // Best effort: a fresh socket's send buffer takes these few bytes at once. A
+                // TCP stream's shutdown is immediate (it never returns Pending).
+                let _ = this.stream.try_write(H2_ANSWER);
+                let _ = Pin::new(&mut this.stream).poll_shutdown(cx);
+                return this.discard(cx, buf);
             }
         }
         result
