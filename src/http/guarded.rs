@@ -185,3 +185,20 @@ impl AsyncWrite for Guarded {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_http2_answer_is_well_formed() {
+        let text = std::str::from_utf8(H2_ANSWER).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap();
+        assert_eq!(length.parse::<usize>().unwrap(), body.len());
+        assert!(head.starts_with("HTTP/1.1 505 "));
+    }
+}
