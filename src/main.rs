@@ -187,9 +187,9 @@ fn serve(path: Option<&Path>) -> Result<()> {
     let (stats_stop, stats_rx) = shutdown::channel();
     let grace = config.server.shutdown_grace;
     let max_connections = connection_limit(config.server.max_connections);
-    let options = |listener: &str| ServeOptions {
+    let options = |listener: &str, max_connections: usize| ServeOptions {
         grace,
-        max_connections: 0,
+        max_connections,
         send_timeout: config.server.send_timeout,
         metrics: metrics.connections(listener),
     };
@@ -240,10 +240,7 @@ fn serve(path: Option<&Path>) -> Result<()> {
                 listener,
                 admin,
                 listeners_rx.clone(),
-                ServeOptions {
-                    max_connections: server::METRICS_MAX_CONNECTIONS,
-                    ..options("metrics")
-                },
+                options("metrics", server::METRICS_MAX_CONNECTIONS),
             )));
         }
 
@@ -251,10 +248,7 @@ fn serve(path: Option<&Path>) -> Result<()> {
             ad_listener,
             Arc::new(AdRoutes { decider }),
             listeners_rx,
-            ServeOptions {
-                max_connections,
-                ..options("ads")
-            },
+            options("ads", max_connections),
         ));
         let signal = signals.await;
         tracing::info!("{signal}: stopping; in-flight requests have {grace:?} to finish");

@@ -1,7 +1,7 @@
 //! The connection loop shared by the ad and metrics listeners (hyper, HTTP/1.1, keep-alive).
 //!
 //! Limits: at most `max_connections` open per listener (more are closed at once and counted),
-//! every socket [`Guarded`] (send timeout, bounded pipelining, an answer to HTTP/2 prefaces), and
+//! every socket [`Guarded`] (a send timeout, an answer to HTTP/2 prefaces), and
 //! the soft file descriptor limit raised to the hard one at start ([`raise_fd_limit`]), as Go's
 //! runtime does, so a few thousand idle connections do not starve `accept`.
 //!
