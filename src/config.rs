@@ -16,7 +16,7 @@ use std::time::Duration;
 use hyper::header::HeaderValue;
 use serde::{Deserialize, Serialize};
 
-use crate::visitor::client_ip::TrustedProxies;
+use crate::visitor::client_ip::{ClientIpHeader, ClientIpRule, TrustedProxies};
 
 /// The config file read when `--config` is not given; its absence is not an error.
 pub const DEFAULT_CONFIG_FILE: &str = "rotator.toml";
@@ -118,13 +118,25 @@ pub struct ServerConfig {
     pub listen: String,
     /// Where visitors go when no campaign wins (and where bots go).
     pub default_url: String,
-    /// Peers whose forwarding headers are believed, as CIDR networks.
+    /// Peers whose `client_ip_header` is believed, as CIDR networks. Loopback only by default:
+    /// a Kubernetes Service, Docker's userland proxy or a cloud NAT makes visitors arrive from
+    /// private addresses, so trusting private ranges by default would trust every visitor.
     pub trusted_proxies: Vec<String>,
     /// Whether bots may win campaigns. Off by default: advertisers pay for people.
     pub bots_win: bool,
     /// How long in-flight requests may take to finish after a shutdown signal.
     #[serde(with = "duration_str")]
     pub shutdown_grace: Duration,
+    /// The one header that carries the visitor's address from a trusted proxy:
+    /// `x-forwarded-for`, `forwarded` or `x-real-ip`. The others are ignored.
+    pub client_ip_header: ClientIpHeader,
+    /// Open connections above which new ones are closed at once (counted in
+    /// `rotator_connections_refused_total`); lowered at start to fit the file descriptor limit.
+    pub max_connections: u64,
+    /// How long a write may wait for a peer that does not read before its connection is
+    /// closed (like nginx's `send_timeout`).
+    #[serde(with = "duration_str")]
+    pub send_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -132,18 +144,12 @@ impl Default for ServerConfig {
         Self {
             listen: "0.0.0.0:8080".into(),
             default_url: "https://example.com".into(),
-            trusted_proxies: [
-                "127.0.0.0/8",
-                "::1/128",
-                "10.0.0.0/8",
-                "172.16.0.0/12",
-                "192.168.0.0/16",
-                "fc00::/7",
-            ]
-            .map(String::from)
-            .to_vec(),
+            trusted_proxies: ["127.0.0.0/8", "::1/128"].map(String::from).to_vec(),
             bots_win: false,
             shutdown_grace: Duration::from_secs(10),
+            client_ip_header: ClientIpHeader::default(),
+            max_connections: 10_000,
+            send_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -497,6 +503,9 @@ impl Config {
             .map_err(|m| self.invalid("server", "default_url", m))?;
         TrustedProxies::parse(&self.server.trusted_proxies)
             .map_err(|m| self.invalid("server", "trusted_proxies", m))?;
+        if self.server.max_connections == 0 {
+            return Err(self.invalid("server", "max_connections", "must be more than zero".into()));
+        }
         self.listeners_apart()?;
         for (section, key, value, range) in [
             (
@@ -504,6 +513,12 @@ impl Config {
                 "shutdown_grace",
                 self.server.shutdown_grace,
                 GRACE_RANGE,
+            ),
+            (
+                "server",
+                "send_timeout",
+                self.server.send_timeout,
+                INTERVAL_RANGE,
             ),
             (
                 "campaigns",
@@ -625,10 +640,15 @@ impl Config {
         })
     }
 
-    /// The trusted proxy networks (validated at load, so this cannot fail afterwards).
-    pub fn trusted_proxies(&self) -> Result<TrustedProxies, ConfigError> {
-        TrustedProxies::parse(&self.server.trusted_proxies)
-            .map_err(|m| self.invalid("server", "trusted_proxies", m))
+    /// The client-IP rule: trusted proxy networks and the header read from them (validated at
+    /// load, so this cannot fail afterwards).
+    pub fn client_ip_rule(&self) -> Result<ClientIpRule, ConfigError> {
+        let proxies = TrustedProxies::parse(&self.server.trusted_proxies)
+            .map_err(|m| self.invalid("server", "trusted_proxies", m))?;
+        Ok(ClientIpRule {
+            proxies,
+            header: self.server.client_ip_header,
+        })
     }
 }
 
@@ -950,6 +970,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("trusted_proxies"), "{err}");
+        let err = load("[server]\nclient_ip_header = \"x-client-ip\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("x-forwarded-for"), "{err}");
+        let err = load("[server]\nmax_connections = 0\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_connections"), "{err}");
+    }
+
+    /// Issue 9, item 1: loopback only by default, one header, named by the operator.
+    #[test]
+    fn r9_client_ip_defaults_and_overrides() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.server.trusted_proxies, ["127.0.0.0/8", "::1/128"]);
+        let rule = c.client_ip_rule().unwrap();
+        assert_eq!(rule.header, ClientIpHeader::XForwardedFor);
+        assert!(!rule.proxies.contains("10.1.2.3".parse().unwrap()));
+        assert!(!rule.proxies.contains("172.17.0.1".parse().unwrap()));
+        assert!(rule.proxies.contains("::1".parse().unwrap()));
+        let c = load(
+            "[server]\nclient_ip_header = \"forwarded\"\nmax_connections = 5\n",
+            &[("ROTATOR_SERVER_CLIENT_IP_HEADER", "x-real-ip")],
+        )
+        .unwrap();
+        assert_eq!(c.server.client_ip_header, ClientIpHeader::XRealIp);
+        assert_eq!(c.server.max_connections, 5);
     }
 
     #[test]

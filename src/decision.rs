@@ -18,7 +18,7 @@ use crate::config::{Config, ConfigError, check_url};
 use crate::metrics::Metrics;
 use crate::stats::aggregator::{Aggregator, RowKey, current_minute};
 use crate::visitor::Visitor;
-use crate::visitor::client_ip::TrustedProxies;
+use crate::visitor::client_ip::{ClientIpRule, IpSource};
 use crate::visitor::geoip::GeoIpHandle;
 use crate::visitor::user_agent::{CacheOutcome, UserAgentParser};
 
@@ -30,8 +30,8 @@ pub struct Decider {
     pub agents: Arc<UserAgentParser>,
     /// Current campaigns.
     pub catalogue: CatalogueHandle,
-    /// Who may set forwarding headers.
-    pub proxies: TrustedProxies,
+    /// Which peers' forwarding header is believed, and which header.
+    pub client_ip: ClientIpRule,
     /// `Location` when nothing wins.
     pub default_location: HeaderValue,
     /// Whether bots take part in auctions.
@@ -47,6 +47,10 @@ pub struct Decider {
 pub struct Explained {
     /// The address used.
     pub ip: IpAddr,
+    /// The connection's peer (`--ip`).
+    pub peer: IpAddr,
+    /// Where `ip` came from: the configured header, or the peer and why.
+    pub ip_source: String,
     /// ISO code, or null.
     pub country: Option<String>,
     /// Browser family.
@@ -92,7 +96,7 @@ impl Decider {
             geoip,
             agents,
             catalogue,
-            proxies: config.trusted_proxies()?,
+            client_ip: config.client_ip_rule()?,
             default_location,
             bots_win: config.server.bots_win,
             stats,
@@ -114,7 +118,7 @@ impl Decider {
     /// Decides for one HTTP request and counts it; returns the `Location` to send.
     #[inline]
     pub fn decide(&self, peer: IpAddr, headers: &HeaderMap) -> HeaderValue {
-        let ip = self.proxies.client_ip(peer, headers);
+        let ip = self.client_ip.client_ip(peer, headers);
         // Any UTF-8 agent is accepted (not only visible ASCII); anything else is "unknown".
         let ua = headers
             .get(USER_AGENT)
@@ -160,9 +164,26 @@ impl Decider {
         );
     }
 
-    /// Explains the decision for `ip` and `ua` without counting it.
+    /// Explains the decision for a request from peer `ip` with User-Agent `ua` and no other
+    /// headers, without counting it.
     pub fn explain(&self, ip: IpAddr, ua: &str) -> Explained {
-        let (visitor, _, _) = self.visitor(crate::visitor::client_ip::canonical(ip), Some(ua));
+        let (visitor_ip, source) = self.client_ip.resolve(ip, &HeaderMap::new());
+        self.explain_visitor(visitor_ip, ip, source, ua)
+    }
+
+    /// Explains the decision for a request from `peer` with `headers`, as [`Decider::decide`]
+    /// would see it (client-IP rule, User-Agent header), without counting it.
+    pub fn explain_request(&self, peer: IpAddr, headers: &HeaderMap) -> Explained {
+        let (ip, source) = self.client_ip.resolve(peer, headers);
+        let ua = headers
+            .get(USER_AGENT)
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .unwrap_or("");
+        self.explain_visitor(ip, peer, source, ua)
+    }
+
+    fn explain_visitor(&self, ip: IpAddr, peer: IpAddr, source: IpSource, ua: &str) -> Explained {
+        let (visitor, _, _) = self.visitor(ip, Some(ua));
         let catalogue = self.catalogue.load();
         let explanation = auction::explain(&catalogue, &visitor, self.bots_win);
         let (winner, url) = match auction::run(&catalogue, &visitor, self.bots_win) {
@@ -177,6 +198,8 @@ impl Decider {
         };
         Explained {
             ip: visitor.ip,
+            peer,
+            ip_source: source.to_string(),
             country: visitor.country.map(|c| c.to_string()),
             browser: visitor.agent.browser.to_string(),
             os: visitor.agent.os.to_string(),

@@ -17,7 +17,7 @@ use rotator::campaigns::{Catalogue, CatalogueHandle, reload};
 use rotator::config::{Config, LogFormat};
 use rotator::decision::Decider;
 use rotator::http::routes::{AdRoutes, AdminRoutes};
-use rotator::http::server;
+use rotator::http::server::{self, ServeOptions};
 use rotator::metrics::Metrics;
 use rotator::shutdown;
 use rotator::stats::Stats;
@@ -51,12 +51,16 @@ enum Command {
     Check,
     /// Explain the decision for one visitor, or for `ip<TAB>user-agent` lines on stdin (`-`).
     Explain {
-        /// Visitor address.
+        /// The connection's peer: the visitor, or the proxy when --header passes a forwarding
+        /// header (the output's `ip` and `ip_source` say which address was used).
         #[arg(long, required_unless_present = "stdin")]
         ip: Option<IpAddr>,
         /// Visitor User-Agent.
         #[arg(long, default_value = "")]
         ua: String,
+        /// A request header, `Name: value` (repeatable), e.g. `X-Forwarded-For: 77.88.8.8`.
+        #[arg(long = "header", value_name = "NAME: VALUE", conflicts_with = "stdin")]
+        headers: Vec<String>,
         /// Read `ip<TAB>user-agent` lines from stdin.
         #[arg(value_name = "-", value_parser = clap::builder::PossibleValuesParser::new(["-"]))]
         stdin: Option<String>,
@@ -89,9 +93,12 @@ fn main() {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config_path.as_deref()),
         Command::Check => check(config_path.as_deref()),
-        Command::Explain { ip, ua, stdin } => {
-            explain(config_path.as_deref(), ip, &ua, stdin.is_some())
-        }
+        Command::Explain {
+            ip,
+            ua,
+            headers,
+            stdin,
+        } => explain(config_path.as_deref(), ip, &ua, &headers, stdin.is_some()),
         Command::Migrate => migrate(config_path.as_deref()),
         Command::Report {
             since,
@@ -197,6 +204,13 @@ fn serve(path: Option<&Path>) -> Result<()> {
     let (listeners_stop, listeners_rx) = shutdown::channel();
     let (stats_stop, stats_rx) = shutdown::channel();
     let grace = config.server.shutdown_grace;
+    let max_connections = connection_limit(config.server.max_connections);
+    let options = |listener: &str, max_connections: usize| ServeOptions {
+        grace,
+        max_connections,
+        send_timeout: config.server.send_timeout,
+        metrics: metrics.connections(listener),
+    };
     let stats = Stats::start(&config.stats, workers * 2, metrics.clone(), stats_rx, grace)?;
     let decider = Arc::new(decider(
         &core,
@@ -255,7 +269,7 @@ fn serve(path: Option<&Path>) -> Result<()> {
                 listener,
                 admin,
                 listeners_rx.clone(),
-                grace,
+                options("metrics", server::METRICS_MAX_CONNECTIONS),
             )));
         }
 
@@ -263,7 +277,7 @@ fn serve(path: Option<&Path>) -> Result<()> {
             ad_listener,
             Arc::new(AdRoutes { decider }),
             listeners_rx,
-            grace,
+            options("ads", max_connections),
         ));
         let signal = signals.await;
         tracing::info!("{signal}: stopping; in-flight requests have {grace:?} to finish");
@@ -278,6 +292,31 @@ fn serve(path: Option<&Path>) -> Result<()> {
     stats.join();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Raises the file descriptor limit and fits `configured` connections into it (logged).
+fn connection_limit(configured: u64) -> usize {
+    let fd_limit = match server::raise_fd_limit() {
+        Ok((before, after)) => {
+            if after > before {
+                tracing::info!("file descriptor limit raised from {before} to {after}");
+            }
+            after
+        }
+        Err(e) => {
+            tracing::warn!("cannot read or raise the file descriptor limit: {e}");
+            return usize::try_from(configured).unwrap_or(usize::MAX);
+        }
+    };
+    let fitted = server::fitting_max_connections(configured, fd_limit);
+    if fitted < configured {
+        tracing::warn!(
+            "[server] max_connections {configured} lowered to {fitted}: the file descriptor \
+             limit is {fd_limit} and {} are kept for everything else",
+            server::FD_RESERVE
+        );
+    }
+    usize::try_from(fitted).unwrap_or(usize::MAX)
 }
 
 fn check(path: Option<&Path>) -> Result<()> {
@@ -324,13 +363,20 @@ fn check(path: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn explain(path: Option<&Path>, ip: Option<IpAddr>, ua: &str, stdin: bool) -> Result<()> {
+fn explain(
+    path: Option<&Path>,
+    ip: Option<IpAddr>,
+    ua: &str,
+    headers: &[String],
+    stdin: bool,
+) -> Result<()> {
+    let headers = header_map(headers, ua)?;
     let core = load_core(Config::load(path)?)?;
     let decider = decider(&core, Metrics::new(), None)?;
     let mut out = std::io::stdout().lock();
     if !stdin {
         let ip = ip.ok_or_else(|| anyhow!("--ip is required"))?;
-        serde_json::to_writer(&mut out, &decider.explain(ip, ua))?;
+        serde_json::to_writer(&mut out, &decider.explain_request(ip, &headers))?;
         writeln!(out)?;
         return Ok(());
     }
@@ -353,6 +399,31 @@ fn explain(path: Option<&Path>, ip: Option<IpAddr>, ua: &str, stdin: bool) -> Re
         writeln!(out)?;
     }
     Ok(())
+}
+
+/// `--header 'Name: value'` arguments (and `--ua`, unless a User-Agent header is given) as the
+/// headers of one request.
+fn header_map(headers: &[String], ua: &str) -> Result<hyper::HeaderMap> {
+    use hyper::header::{HeaderName, HeaderValue, USER_AGENT};
+    let mut map = hyper::HeaderMap::new();
+    for h in headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow!("--header {h:?}: expected `Name: value`"))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| anyhow!("--header {h:?}: {:?} is not a header name", name.trim()))?;
+        let value = HeaderValue::from_str(value.trim())
+            .map_err(|_| anyhow!("--header {h:?}: the value has characters a header cannot"))?;
+        map.append(name, value);
+    }
+    if !ua.is_empty() && !map.contains_key(USER_AGENT) {
+        map.insert(
+            USER_AGENT,
+            HeaderValue::from_str(ua)
+                .map_err(|_| anyhow!("--ua {ua:?}: has characters a header cannot"))?,
+        );
+    }
+    Ok(map)
 }
 
 fn migrate(path: Option<&Path>) -> Result<()> {

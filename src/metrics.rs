@@ -78,6 +78,29 @@ pub struct Metrics {
     geoip_build_timestamp: IntGauge,
     /// Whether the statistics pipeline can take rows (sink reachable, or spool writable).
     stats_ready: AtomicBool,
+    /// Connection counters by listener (see [`Metrics::connections`]).
+    connections: ConnectionVecs,
+}
+
+/// The connection series of every listener, by label `listener` (`ads`, `metrics`).
+struct ConnectionVecs {
+    open: prometheus::IntGaugeVec,
+    refused: IntCounterVec,
+    accept_errors: IntCounterVec,
+    send_timeouts: IntCounterVec,
+}
+
+/// The connection series of one listener, resolved once when it starts serving.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    /// Connections open now.
+    pub open: IntGauge,
+    /// Connections closed at once because `max_connections` were open.
+    pub refused: IntCounter,
+    /// Failed `accept` calls (out of file descriptors, and the like).
+    pub accept_errors: IntCounter,
+    /// Connections closed because the peer did not read for `send_timeout`.
+    pub send_timeouts: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -245,6 +268,37 @@ impl Metrics {
                 "Build time of the loaded GeoIP database, Unix seconds.",
             ),
             stats_ready: AtomicBool::new(true),
+            connections: ConnectionVecs {
+                open: {
+                    let g = prometheus::IntGaugeVec::new(
+                        Opts::new("rotator_connections_open", "Open connections, by listener."),
+                        &["listener"],
+                    )
+                    .expect("valid metric name");
+                    registry
+                        .register(Box::new(g.clone()))
+                        .expect("unique metric");
+                    g
+                },
+                refused: counter_vec(
+                    &registry,
+                    "rotator_connections_refused_total",
+                    "Connections closed at once because max_connections were open.",
+                    &["listener"],
+                ),
+                accept_errors: counter_vec(
+                    &registry,
+                    "rotator_accept_errors_total",
+                    "Failed accepts (e.g. out of file descriptors), by listener.",
+                    &["listener"],
+                ),
+                send_timeouts: counter_vec(
+                    &registry,
+                    "rotator_send_timeouts_total",
+                    "Connections closed because the peer did not read for send_timeout.",
+                    &["listener"],
+                ),
+            },
             win_counters: ArcSwap::default(),
             registry,
         })
@@ -342,6 +396,17 @@ impl Metrics {
             let _ = self.wins.remove_label_values(&[id.format(*old)]);
         }
         self.win_counters.store(Arc::new(counters));
+    }
+
+    /// The connection series of `listener` (`ads`, `metrics`).
+    pub fn connections(&self, listener: &str) -> ConnectionMetrics {
+        let c = &self.connections;
+        ConnectionMetrics {
+            open: c.open.with_label_values(&[listener]),
+            refused: c.refused.with_label_values(&[listener]),
+            accept_errors: c.accept_errors.with_label_values(&[listener]),
+            send_timeouts: c.send_timeouts.with_label_values(&[listener]),
+        }
     }
 
     /// Marks the statistics pipeline ready or not (for `/readyz`).

@@ -1,5 +1,6 @@
 //! HTTP: the connection loop ([`server`]) and what each path answers ([`routes`]).
 
+pub mod guarded;
 pub mod routes;
 pub mod server;
 

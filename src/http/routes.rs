@@ -1,7 +1,7 @@
 //! What each path answers.
 //!
 //! Ad listener: `GET`/`HEAD` on `/` and `/ad` → 303 to the winner (or `default_url`) with
-//! `Cache-Control: no-store`; another method → 405 with `Allow`; another path → 404.
+//! `Cache-Control: no-store`; another method, on any target → 405 with `Allow`; another path → 404.
 //! Metrics listener: `/metrics`, `/healthz`, `/readyz`.
 
 use std::net::SocketAddr;
@@ -52,9 +52,16 @@ pub struct AdRoutes {
 impl Handler for AdRoutes {
     fn handle(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = Instant::now();
-        let (route, response) = match req.uri().path() {
-            "/" | "/ad" => (Route::Ad, self.ad(req, peer)),
-            _ => (Route::Other, text(StatusCode::NOT_FOUND, "not found\n")),
+        let route = match req.uri().path() {
+            "/" | "/ad" => Route::Ad,
+            _ => Route::Other,
+        };
+        // The method first: `CONNECT host:port`, `OPTIONS *` and `TRACE /x` have no route to
+        // find, and the answer to them is that this server takes only GET and HEAD.
+        let response = match (only_get_or_head(req), route) {
+            (Some(refused), _) => refused,
+            (None, Route::Ad) => self.ad(req, peer),
+            (None, Route::Other) => text(StatusCode::NOT_FOUND, "not found\n"),
         };
         self.decider
             .metrics
@@ -65,9 +72,6 @@ impl Handler for AdRoutes {
 
 impl AdRoutes {
     fn ad(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        if let Some(refused) = only_get_or_head(req) {
-            return refused;
-        }
         let location = self.decider.decide(peer.ip(), req.headers());
         let mut r = Response::new(Body::default());
         *r.status_mut() = StatusCode::SEE_OTHER;

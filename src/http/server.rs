@@ -1,12 +1,18 @@
 //! The connection loop shared by the ad and metrics listeners (hyper, HTTP/1.1, keep-alive).
 //!
+//! Limits: at most `max_connections` open per listener (more are closed at once and counted),
+//! every socket [`Guarded`] (a send timeout, an answer to HTTP/2 prefaces), and
+//! the soft file descriptor limit raised to the hard one at start ([`raise_fd_limit`]), as Go's
+//! runtime does, so a few thousand idle connections do not starve `accept`.
+//!
 //! Shutdown follows mini-redis: when the shutdown value fires, the loop stops accepting, every
 //! connection is told to finish its in-flight request and close, and the loop waits until the last
 //! connection task has dropped its `drained` sender, or the grace period ends.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -17,6 +23,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use super::Body;
+use super::guarded::Guarded;
+use crate::metrics::ConnectionMetrics;
 
 /// Largest request head (request line and headers) accepted; larger gets 431. hyper's minimum
 /// buffer is 8 KiB; 16 KiB fits real browsers' cookies.
@@ -24,6 +32,98 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// How long a client may take to send its request head (slowloris protection).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// File descriptors kept free for everything but the ad listener's connections (metrics
+/// connections, statistics sink, spool and campaign files, the runtime's own).
+pub const FD_RESERVE: u64 = 256;
+
+/// Connections the metrics listener keeps open at most (Prometheus and health checks need few).
+pub const METRICS_MAX_CONNECTIONS: usize = 64;
+
+/// At most one `accept failed` warning per this interval; the others are counted in it.
+const ACCEPT_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long `accept` rests after a failure (out of file descriptors): no busy loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Limits and counters of one listener.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// How long connections may finish their requests after shutdown.
+    pub grace: Duration,
+    /// Open connections above which new ones are closed at once.
+    pub max_connections: usize,
+    /// How long a write may wait for a peer that does not read.
+    pub send_timeout: Duration,
+    /// The listener's connection series.
+    pub metrics: ConnectionMetrics,
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns (before, after). Every accepted
+/// connection is a descriptor, and 1024 (a common default soft limit) is far too few.
+pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: `limit` is a valid rlimit; raising the soft limit up to the hard one is allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((before, limit.rlim_cur))
+}
+
+/// `configured` connections, lowered when the descriptor limit `fd_limit` cannot hold them
+/// beside [`FD_RESERVE`] (at least 1).
+pub fn fitting_max_connections(configured: u64, fd_limit: u64) -> u64 {
+    configured.min(fd_limit.saturating_sub(FD_RESERVE)).max(1)
+}
+
+/// Lets one `accept failed` warning through per [`ACCEPT_WARN_INTERVAL`]; the next one says how
+/// many were held back, so a storm of failures is a few lines, not hundreds.
+#[derive(Debug, Default)]
+pub struct AcceptWarnings {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl AcceptWarnings {
+    /// Records a failure at `now`; returns how many failures were held back since the last
+    /// warning when this one should be logged.
+    pub fn failed(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.duration_since(last) < ACCEPT_WARN_INTERVAL => {
+                self.held_back += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.held_back))
+            }
+        }
+    }
+}
+
+/// One open connection; dropping it frees the slot.
+struct Slot {
+    open: Arc<AtomicUsize>,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
+}
 
 /// Something that answers requests synchronously (every answer here is computed, not awaited).
 pub trait Handler: Send + Sync + 'static {
@@ -42,29 +142,55 @@ pub fn connection_builder() -> http1::Builder {
     builder
 }
 
-/// Serves `listener` with `handler` until `shutdown`, then drains connections for up to `grace`.
+/// Serves `listener` with `handler` until `shutdown`, then drains connections for up to
+/// `options.grace`.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     mut shutdown: watch::Receiver<bool>,
-    grace: Duration,
+    options: ServeOptions,
 ) {
+    let ServeOptions {
+        grace,
+        max_connections,
+        send_timeout,
+        metrics,
+    } = options;
     let (drained_tx, mut drained_rx) = mpsc::channel::<()>(1);
     let builder = Arc::new(connection_builder());
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut warnings = AcceptWarnings::default();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    metrics.accept_errors.inc();
+                    if let Some(held_back) = warnings.failed(Instant::now()) {
+                        tracing::warn!(
+                            "accept failed: {e} ({held_back} more failures since the last \
+                             warning; at most one warning per {ACCEPT_WARN_INTERVAL:?})"
+                        );
+                    }
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
             _ = crate::shutdown::wait(&mut shutdown) => break,
         };
+        if open.load(Ordering::Relaxed) >= max_connections {
+            metrics.refused.inc();
+            drop(stream);
+            continue;
+        }
+        open.fetch_add(1, Ordering::Relaxed);
+        metrics.open.inc();
+        let slot = Slot {
+            open: open.clone(),
+            gauge: metrics.open.clone(),
+        };
         let _ = stream.set_nodelay(true);
+        let io = Guarded::new(stream, send_timeout, metrics.send_timeouts.clone());
         let handler = handler.clone();
         let builder = builder.clone();
         let mut conn_shutdown = shutdown.clone();
@@ -74,7 +200,7 @@ pub async fn serve<H: Handler>(
                 let response = handler.handle(&req, peer);
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -83,6 +209,7 @@ pub async fn serve<H: Handler>(
                     let _ = conn.as_mut().await;
                 }
             }
+            drop(slot);
             drop(drained);
         });
     }
@@ -93,5 +220,31 @@ pub async fn serve<H: Handler>(
         .is_err()
     {
         tracing::warn!("connections still open after the {grace:?} grace period; closing them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 9, item 4: 581 `accept failed` lines in 30 s became one per interval.
+    #[test]
+    fn r9_accept_warnings_are_rate_limited() {
+        let mut w = AcceptWarnings::default();
+        let start = Instant::now();
+        assert_eq!(w.failed(start), Some(0));
+        let logged = (1..600)
+            .map(|i| start + Duration::from_millis(50 * i))
+            .filter_map(|t| w.failed(t))
+            .collect::<Vec<_>>();
+        // 30 s of failures every 50 ms: a warning at 10 s, 20 s (and none before each).
+        assert_eq!(logged, [199, 199]);
+    }
+
+    #[test]
+    fn max_connections_fit_the_descriptor_limit() {
+        assert_eq!(fitting_max_connections(10_000, 1_048_576), 10_000);
+        assert_eq!(fitting_max_connections(10_000, 1024), 1024 - FD_RESERVE);
+        assert_eq!(fitting_max_connections(10_000, 100), 1);
     }
 }

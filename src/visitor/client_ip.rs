@@ -1,17 +1,21 @@
 //! Which address is the visitor's: the peer, or what a trusted proxy says it forwarded.
 //!
-//! Forwarding headers are believed only when the peer itself is a trusted proxy; otherwise anyone
-//! could claim any address (the Go server trusted `X-Forwarded-For` from everybody). Behind a
-//! chain of proxies the visitor is the right-most address that is not itself a trusted proxy:
-//! entries to its left were written by the visitor and cannot be believed. A header that cannot
-//! be parsed falls back to the peer address. Written by hand (not a crate) because these rules
-//! need exact control; no allocation is made.
+//! A forwarding header is believed only when the peer itself is a trusted proxy; otherwise anyone
+//! could claim any address (the Go server trusted `X-Forwarded-For` from everybody). Exactly one
+//! header is read, the one the operator names: a proxy sets or appends its own header and passes
+//! the others through from the visitor untouched. Behind a chain of proxies the visitor is the
+//! right-most address in that header that is not itself a trusted proxy: entries to its left were
+//! written by the visitor and cannot be believed. A header that cannot be parsed falls back to the
+//! peer address. Written by hand (not a crate) because these rules need exact control; no
+//! allocation is made.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hyper::HeaderMap;
-use hyper::header::{FORWARDED, HeaderName};
+use hyper::header::{self, HeaderName};
+use serde::{Deserialize, Serialize};
 
+static FORWARDED: HeaderName = header::FORWARDED;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
@@ -96,49 +100,138 @@ impl TrustedProxies {
     pub fn contains(&self, ip: IpAddr) -> bool {
         self.networks.iter().any(|n| n.contains(ip))
     }
+}
 
-    /// The visitor's address for a request from `peer` with `headers`.
-    ///
-    /// `Forwarded` (RFC 7239) is preferred, then `X-Forwarded-For`, then `X-Real-IP`: the first
-    /// one present is used, and only when `peer` is trusted.
-    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        let peer = canonical(peer);
-        if !self.contains(peer) {
-            return peer;
-        }
-        let found = if headers.contains_key(FORWARDED) {
-            self.right_most_untrusted(headers, &FORWARDED, forwarded_for)
-        } else if headers.contains_key(&X_FORWARDED_FOR) {
-            self.right_most_untrusted(headers, &X_FORWARDED_FOR, parse_node)
-        } else if headers.contains_key(&X_REAL_IP) {
-            self.right_most_untrusted(headers, &X_REAL_IP, parse_node)
-        } else {
-            None
-        };
-        found.unwrap_or(peer)
+/// The one forwarding header believed (`[server] client_ip_header`). Only one is read: a proxy
+/// rewrites or appends the header it is configured for and passes every other one through as the
+/// visitor sent it, so reading a second header would let visitors choose their address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For: visitor, proxy1` (nginx `$proxy_add_x_forwarded_for`, HAProxy
+    /// `option forwardfor`, most load balancers).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=visitor` (RFC 7239).
+    Forwarded,
+    /// `X-Real-IP: visitor` (nginx `proxy_set_header X-Real-IP $remote_addr`).
+    XRealIp,
+}
+
+impl ClientIpHeader {
+    /// The header's name, lower case, as in the config.
+    pub fn as_str(self) -> &'static str {
+        self.name().as_str()
     }
 
-    /// Walks the comma-separated list of all `name` headers from the right. Returns the first
-    /// untrusted address, the left-most one when all are trusted, or `None` when an entry on
-    /// the way cannot be parsed.
-    fn right_most_untrusted(
-        &self,
-        headers: &HeaderMap,
-        name: &HeaderName,
-        parse: fn(&str) -> Option<IpAddr>,
-    ) -> Option<IpAddr> {
+    fn name(self) -> &'static HeaderName {
+        match self {
+            ClientIpHeader::XForwardedFor => &X_FORWARDED_FOR,
+            ClientIpHeader::Forwarded => &FORWARDED,
+            ClientIpHeader::XRealIp => &X_REAL_IP,
+        }
+    }
+
+    fn parser(self) -> fn(&str) -> Option<IpAddr> {
+        match self {
+            ClientIpHeader::Forwarded => forwarded_for,
+            ClientIpHeader::XForwardedFor | ClientIpHeader::XRealIp => parse_node,
+        }
+    }
+}
+
+/// Where the visitor's address came from (what `rotator explain` reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpSource {
+    /// The configured header, sent by a trusted peer.
+    Header(ClientIpHeader),
+    /// The peer: it is not a trusted proxy, so no header is read.
+    PeerUntrusted,
+    /// The peer: it is trusted but sent no configured header.
+    PeerNoHeader(ClientIpHeader),
+    /// The peer: the configured header has an entry that is not an address.
+    PeerUnparseable(ClientIpHeader),
+}
+
+impl std::fmt::Display for IpSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IpSource::Header(h) => write!(f, "{}", h.as_str()),
+            IpSource::PeerUntrusted => write!(
+                f,
+                "peer (not in trusted_proxies, so forwarding headers are ignored)"
+            ),
+            IpSource::PeerNoHeader(h) => {
+                write!(f, "peer (trusted, but sent no {} header)", h.as_str())
+            }
+            IpSource::PeerUnparseable(h) => write!(
+                f,
+                "peer (trusted, but its {} header has an entry that is not an address)",
+                h.as_str()
+            ),
+        }
+    }
+}
+
+/// What the right-to-left walk over the header found.
+enum Walk {
+    Found(IpAddr),
+    Absent,
+    Unparseable,
+}
+
+/// The client-IP rule: which peers are believed and which header is read from them.
+#[derive(Debug, Clone, Default)]
+pub struct ClientIpRule {
+    /// Peers whose header is believed.
+    pub proxies: TrustedProxies,
+    /// The header read from them.
+    pub header: ClientIpHeader,
+}
+
+impl ClientIpRule {
+    /// The visitor's address for a request from `peer` with `headers`.
+    #[inline]
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        self.resolve(peer, headers).0
+    }
+
+    /// The visitor's address and where it came from. Only the configured header is read, and
+    /// only when `peer` is trusted.
+    pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> (IpAddr, IpSource) {
+        let peer = canonical(peer);
+        if !self.proxies.contains(peer) {
+            return (peer, IpSource::PeerUntrusted);
+        }
+        match self.right_most_untrusted(headers) {
+            Walk::Found(ip) => (ip, IpSource::Header(self.header)),
+            Walk::Absent => (peer, IpSource::PeerNoHeader(self.header)),
+            Walk::Unparseable => (peer, IpSource::PeerUnparseable(self.header)),
+        }
+    }
+
+    /// Walks the comma-separated list of all configured headers from the right. Finds the first
+    /// untrusted address, or the left-most one when all are trusted; stops at an entry on the
+    /// way that cannot be parsed.
+    fn right_most_untrusted(&self, headers: &HeaderMap) -> Walk {
+        let parse = self.header.parser();
         let mut last = None;
-        for value in headers.get_all(name).iter().rev() {
-            let text = value.to_str().ok()?;
+        for value in headers.get_all(self.header.name()).iter().rev() {
+            let Ok(text) = value.to_str() else {
+                return Walk::Unparseable;
+            };
             for entry in text.rsplit(',') {
-                let ip = canonical(parse(entry.trim())?);
-                if !self.contains(ip) {
-                    return Some(ip);
+                let Some(ip) = parse(entry.trim()) else {
+                    return Walk::Unparseable;
+                };
+                let ip = canonical(ip);
+                if !self.proxies.contains(ip) {
+                    return Walk::Found(ip);
                 }
                 last = Some(ip);
             }
         }
-        last
+        last.map_or(Walk::Absent, Walk::Found)
     }
 }
 
@@ -187,15 +280,19 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
 mod tests {
     use super::*;
 
-    fn proxies() -> TrustedProxies {
-        TrustedProxies::parse(&["127.0.0.0/8", "::1/128", "10.0.0.0/8", "fc00::/7"]).unwrap()
+    fn rule(header: ClientIpHeader) -> ClientIpRule {
+        ClientIpRule {
+            proxies: TrustedProxies::parse(&["127.0.0.0/8", "::1/128", "10.0.0.0/8", "fc00::/7"])
+                .unwrap(),
+            header,
+        }
     }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
-    fn client(peer: &str, headers: &[(&str, &[u8])]) -> IpAddr {
+    fn map(headers: &[(&str, &[u8])]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.append(
@@ -203,7 +300,17 @@ mod tests {
                 hyper::header::HeaderValue::from_bytes(v).unwrap(),
             );
         }
-        proxies().client_ip(ip(peer), &map)
+        map
+    }
+
+    /// The client address with `header` configured.
+    fn via(header: ClientIpHeader, peer: &str, headers: &[(&str, &[u8])]) -> IpAddr {
+        rule(header).client_ip(ip(peer), &map(headers))
+    }
+
+    /// The client address with the default header, `X-Forwarded-For`.
+    fn client(peer: &str, headers: &[(&str, &[u8])]) -> IpAddr {
+        via(ClientIpHeader::XForwardedFor, peer, headers)
     }
 
     #[test]
@@ -230,18 +337,81 @@ mod tests {
 
     #[test]
     fn untrusted_peer_headers_are_ignored() {
+        for header in [
+            ClientIpHeader::XForwardedFor,
+            ClientIpHeader::Forwarded,
+            ClientIpHeader::XRealIp,
+        ] {
+            let all: &[(&str, &[u8])] = &[
+                ("x-forwarded-for", b"1.2.3.4"),
+                ("x-real-ip", b"1.2.3.4"),
+                ("forwarded", b"for=1.2.3.4"),
+            ];
+            assert_eq!(via(header, "8.8.8.8", all), ip("8.8.8.8"));
+            assert_eq!(
+                rule(header).resolve(ip("8.8.8.8"), &map(all)).1,
+                IpSource::PeerUntrusted
+            );
+        }
+    }
+
+    /// Issue 9, item 1: a header other than the configured one is never read, whatever the
+    /// order the old code preferred (`Forwarded`, then `X-Forwarded-For`, then `X-Real-IP`).
+    #[test]
+    fn r9_only_the_configured_header_is_read() {
+        // nginx appended the visitor (5.6.7.8) to X-Forwarded-For and passed the visitor's own
+        // Forwarded and X-Real-IP through.
+        let behind_nginx: &[(&str, &[u8])] = &[
+            ("forwarded", b"for=77.88.8.8"),
+            ("x-real-ip", b"77.88.8.8"),
+            ("x-forwarded-for", b"5.6.7.8"),
+        ];
+        assert_eq!(client("127.0.0.1", behind_nginx), ip("5.6.7.8"));
+        // A proxy that sets only X-Real-IP; the visitor's X-Forwarded-For is passed through.
+        let real_ip_proxy: &[(&str, &[u8])] =
+            &[("x-forwarded-for", b"77.88.8.8"), ("x-real-ip", b"5.6.7.8")];
         assert_eq!(
-            client("8.8.8.8", &[("x-forwarded-for", b"1.2.3.4")]),
-            ip("8.8.8.8")
+            via(ClientIpHeader::XRealIp, "127.0.0.1", real_ip_proxy),
+            ip("5.6.7.8")
+        );
+        // A proxy that appends Forwarded.
+        let forwarded_proxy: &[(&str, &[u8])] = &[
+            ("x-forwarded-for", b"77.88.8.8"),
+            ("forwarded", b"for=77.88.8.8, for=5.6.7.8"),
+        ];
+        assert_eq!(
+            via(ClientIpHeader::Forwarded, "127.0.0.1", forwarded_proxy),
+            ip("5.6.7.8")
+        );
+        // The configured header missing: the peer, even if others are present.
+        let (addr, source) = rule(ClientIpHeader::XForwardedFor).resolve(
+            ip("127.0.0.1"),
+            &map(&[("forwarded", b"for=77.88.8.8"), ("x-real-ip", b"77.88.8.8")]),
         );
         assert_eq!(
-            client("8.8.8.8", &[("x-real-ip", b"1.2.3.4")]),
-            ip("8.8.8.8")
+            (addr, source),
+            (
+                ip("127.0.0.1"),
+                IpSource::PeerNoHeader(ClientIpHeader::XForwardedFor)
+            )
         );
-        assert_eq!(
-            client("8.8.8.8", &[("forwarded", b"for=1.2.3.4")]),
-            ip("8.8.8.8")
-        );
+    }
+
+    #[test]
+    fn header_names_round_trip_through_the_config_spelling() {
+        for (text, header) in [
+            ("x-forwarded-for", ClientIpHeader::XForwardedFor),
+            ("forwarded", ClientIpHeader::Forwarded),
+            ("x-real-ip", ClientIpHeader::XRealIp),
+        ] {
+            assert_eq!(header.as_str(), text);
+            let parsed: ClientIpHeader =
+                serde::Deserialize::deserialize(serde::de::value::StrDeserializer::<
+                    serde::de::value::Error,
+                >::new(text))
+                .unwrap();
+            assert_eq!(parsed, header);
+        }
     }
 
     #[test]
@@ -261,6 +431,26 @@ mod tests {
         // A spoofed left part does not matter when the right part is good.
         assert_eq!(
             client("127.0.0.1", &[("x-forwarded-for", b"garbage, 1.2.3.4")]),
+            ip("1.2.3.4")
+        );
+        // The same rule inside Forwarded and X-Real-IP.
+        assert_eq!(
+            via(
+                ClientIpHeader::Forwarded,
+                "127.0.0.1",
+                &[(
+                    "forwarded",
+                    b"for=6.6.6.6, for=1.2.3.4;proto=https, for=10.0.0.1"
+                )]
+            ),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            via(
+                ClientIpHeader::XRealIp,
+                "127.0.0.1",
+                &[("x-real-ip", b"6.6.6.6, 1.2.3.4")]
+            ),
             ip("1.2.3.4")
         );
     }
@@ -283,16 +473,25 @@ mod tests {
             client("::1", &[("x-forwarded-for", b"::ffff:1.2.3.4")]),
             ip("1.2.3.4")
         );
-        assert_eq!(client("::1", &[("x-real-ip", b" 5.6.7.8 ")]), ip("5.6.7.8"));
         assert_eq!(
-            client(
+            via(
+                ClientIpHeader::XRealIp,
+                "::1",
+                &[("x-real-ip", b" 5.6.7.8 ")]
+            ),
+            ip("5.6.7.8")
+        );
+        assert_eq!(
+            via(
+                ClientIpHeader::Forwarded,
                 "::ffff:127.0.0.1",
                 &[("forwarded", b"for=192.0.2.60;proto=http;by=203.0.113.43")]
             ),
             ip("192.0.2.60")
         );
         assert_eq!(
-            client(
+            via(
+                ClientIpHeader::Forwarded,
                 "127.0.0.1",
                 &[(
                     "forwarded",
@@ -300,17 +499,6 @@ mod tests {
                 )]
             ),
             ip("2001:db8:cafe::17")
-        );
-        // Forwarded is preferred over X-Forwarded-For.
-        assert_eq!(
-            client(
-                "127.0.0.1",
-                &[
-                    ("x-forwarded-for", b"9.9.9.9"),
-                    ("forwarded", b"for=1.1.1.1")
-                ]
-            ),
-            ip("1.1.1.1")
         );
     }
 
@@ -324,22 +512,26 @@ mod tests {
             b"[::1",
             b"\xff\xfe",
         ] {
+            let (addr, source) = rule(ClientIpHeader::XForwardedFor)
+                .resolve(ip("10.0.0.7"), &map(&[("x-forwarded-for", bad)]));
+            assert_eq!(addr, ip("10.0.0.7"), "{bad:?}");
             assert_eq!(
-                client("10.0.0.7", &[("x-forwarded-for", bad)]),
-                ip("10.0.0.7"),
-                "{bad:?}"
+                source,
+                IpSource::PeerUnparseable(ClientIpHeader::XForwardedFor)
+            );
+        }
+        for bad in [&b"for=unknown"[..], b"proto=https"] {
+            assert_eq!(
+                via(ClientIpHeader::Forwarded, "10.0.0.7", &[("forwarded", bad)]),
+                ip("10.0.0.7")
             );
         }
         assert_eq!(
-            client("10.0.0.7", &[("forwarded", b"for=unknown")]),
-            ip("10.0.0.7")
-        );
-        assert_eq!(
-            client("10.0.0.7", &[("forwarded", b"proto=https")]),
-            ip("10.0.0.7")
-        );
-        assert_eq!(
-            client("10.0.0.7", &[("x-real-ip", b"1.2.3.4, 5.6.7.8 x")]),
+            via(
+                ClientIpHeader::XRealIp,
+                "10.0.0.7",
+                &[("x-real-ip", b"1.2.3.4, 5.6.7.8 x")]
+            ),
             ip("10.0.0.7")
         );
     }

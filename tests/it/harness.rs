@@ -85,7 +85,21 @@ impl Server {
 
     /// Starts `rotator serve` on the files already in `dir`.
     pub fn spawn(dir: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rotator"))
+        Server::spawn_via(dir, &[])
+    }
+
+    /// Starts `rotator serve` on the files already in `dir` through `wrapper` (a command that
+    /// runs the rest of its arguments, e.g. `prlimit --nofile=128: --`); none when empty.
+    pub fn spawn_via(dir: &Path, wrapper: &[&str]) -> Server {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_rotator"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_rotator")),
+        };
+        let mut child = command
             .args(["serve", "--config"])
             .arg(dir.join("rotator.toml"))
             .env("RUST_LOG", "info")
@@ -238,6 +252,34 @@ impl Response {
 
 /// Sends one request with `Connection: close` and reads the whole response.
 pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &[u8])]) -> Response {
+    parse(&send_raw(addr, &request_bytes(method, path, headers)))
+}
+
+/// Like [`request`], from the local address `source` (any 127.x.y.z works on loopback), so a
+/// test can be a visitor whose address is not the proxy's.
+pub fn request_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+) -> Response {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .write_all(&request_bytes(method, path, headers))
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    parse(&out)
+}
+
+fn request_bytes(method: &str, path: &str, headers: &[(&str, &[u8])]) -> Vec<u8> {
     let mut raw =
         format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n").into_bytes();
     for (name, value) in headers {
@@ -247,7 +289,7 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &[u
         raw.extend_from_slice(b"\r\n");
     }
     raw.extend_from_slice(b"\r\n");
-    parse(&send_raw(addr, &raw))
+    raw
 }
 
 /// Sends raw bytes and returns everything the server answers until it closes.
@@ -263,7 +305,8 @@ pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-fn parse(raw: &[u8]) -> Response {
+/// Parses a raw HTTP/1.1 response.
+pub fn parse(raw: &[u8]) -> Response {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();

@@ -2,6 +2,7 @@
 
 mod allocations;
 mod cli;
+mod edge;
 mod full_disk;
 mod harness;
 mod observability;

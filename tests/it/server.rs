@@ -68,7 +68,8 @@ fn seed_campaigns_redirect_to_the_highest_bidder() {
         (head.status, head.header("location")),
         (303, Some("https://google.com"))
     );
-    // Forwarded (RFC 7239) and X-Real-IP from a trusted peer.
+    // Only the configured header (X-Forwarded-For by default) is read: Forwarded and X-Real-IP
+    // from a trusted peer are ignored (tests/it/edge.rs reads them when configured).
     let fwd = s.get(
         "/ad",
         &[
@@ -76,7 +77,7 @@ fn seed_campaigns_redirect_to_the_highest_bidder() {
             ("User-Agent", CHROME.as_bytes()),
         ],
     );
-    assert_eq!(fwd.header("location"), Some("https://yandex.ru"));
+    assert_eq!(fwd.header("location"), Some("https://default.example"));
     let real = s.get(
         "/ad",
         &[
@@ -84,7 +85,31 @@ fn seed_campaigns_redirect_to_the_highest_bidder() {
             ("User-Agent", CHROME.as_bytes()),
         ],
     );
-    assert_eq!(real.header("location"), Some("https://google.com"));
+    assert_eq!(real.header("location"), Some("https://default.example"));
+}
+
+#[test]
+fn forwarded_and_x_real_ip_when_configured() {
+    for (header, value) in [
+        ("forwarded", &b"for=\"77.88.8.8:1234\";proto=https"[..]),
+        ("x-real-ip", RU.as_bytes()),
+    ] {
+        let s = seed_server(header, &format!("client_ip_header = {header:?}"));
+        let r = s.get("/ad", &[(header, value), ("User-Agent", CHROME.as_bytes())]);
+        assert_eq!(r.header("location"), Some("https://yandex.ru"), "{header}");
+        let r = s.get(
+            "/ad",
+            &[
+                ("X-Forwarded-For", RU.as_bytes()),
+                ("User-Agent", CHROME.as_bytes()),
+            ],
+        );
+        assert_eq!(
+            r.header("location"),
+            Some("https://default.example"),
+            "{header}"
+        );
+    }
 }
 
 #[test]
