@@ -140,7 +140,7 @@ struct Core {
 fn load_core(config: Config) -> Result<Core> {
     let geoip = Arc::new(GeoIp::open(&config.geoip.database)?);
     let catalogue = Catalogue::load(&config.campaigns.file)?;
-    let agents = UserAgentParser::new()?;
+    let agents = UserAgentParser::with_bots(&config.bots)?;
     Ok(Core {
         config,
         geoip,

@@ -179,7 +179,7 @@ pub fn parse(text: &str) -> Result<Vec<Campaign>, Vec<String>> {
                     device.span().start,
                     "targeting.devices",
                     format!(
-                        "{:?} is not one of desktop, mobile, tablet, bot, other",
+                        "{:?} is not one of desktop, mobile, tablet, tv, bot, other",
                         device.get_ref()
                     ),
                 ),
