@@ -164,10 +164,9 @@ mod tests {
 
     fn check_expected(db: &str) -> usize {
         let geoip = GeoIp::open(&Path::new(TEST_DATA).join(format!("{db}.mmdb"))).unwrap();
-        let tsv = std::fs::read_to_string(
-            Path::new(TEST_DATA).join(format!("{db}.expected-country.tsv")),
-        )
-        .unwrap();
+        let tsv =
+            std::fs::read_to_string(Path::new(TEST_DATA).join(format!("{db}.expected-country.tsv")))
+                .unwrap();
         let mut checked = 0;
         for line in tsv.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
             let f: Vec<&str> = line.split('\t').collect();
