@@ -214,7 +214,12 @@ impl DeviceRules {
         }
         // A phone maker's device with no desktop OS: uap-core knows thousands of feature phones
         // by brand and model alone.
-        if facts.brand.is_some_and(|b| !b.is_empty() && b != "Apple") && facts.model.is_some() {
+        // (`Spider` is uap-core's brand for bots; an agent reaches here as one only when the
+        // operator's `[bots] allow` says it is a visitor.)
+        let phone_maker = facts
+            .brand
+            .is_some_and(|b| !b.is_empty() && b != "Apple" && b != "Spider");
+        if phone_maker && facts.model.is_some() {
             return Device::Mobile;
         }
         Device::Other
