@@ -768,4 +768,19 @@ mod tests {
         assert!(check_url("/relative").is_err());
         assert!(check_url("https://").is_err());
     }
+
+    #[test]
+    fn bots_patterns_load_and_a_bad_one_is_named() {
+        let c = load(
+            "[bots]\nallow = [\"^MyProbe/\"]\n",
+            &[("ROTATOR_BOTS_DENY", "InHouse,Fetcher/\\d")],
+        )
+        .unwrap();
+        assert_eq!(c.bots.allow, ["^MyProbe/"]);
+        assert_eq!(c.bots.deny, ["InHouse", "Fetcher/\\d"]);
+        let err = load("[bots]\ndeny = [\"(unclosed\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[bots] deny"), "{err}");
+    }
 }
