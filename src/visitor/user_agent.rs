@@ -431,6 +431,40 @@ mod tests {
         assert_eq!(parsed.browser_key, Sym::intern("vivaldi"));
     }
 
+    /// The closed set holds the families people target; names copied from agents are not in it.
+    #[test]
+    fn closed_family_names_cover_real_browsers() {
+        let regexes: ua_parser::Regexes<'_> = serde_yaml::from_str(REGEXES_YAML).unwrap();
+        let closed = closed_names(&regexes);
+        for name in [
+            "Chrome",
+            "Chrome Mobile",
+            "Chrome Mobile iOS",
+            "Firefox",
+            "Safari",
+            "Mobile Safari",
+            "Edge",
+            "Opera",
+            "Opera Mini",
+            "Samsung Internet",
+            "Vivaldi",
+            "Yandex Browser",
+            "UC Browser",
+            "Facebook",
+            "Instagram",
+            "Windows",
+            "Android",
+            "iOS",
+            "Mac OS X",
+            "Linux",
+            "Chrome OS",
+        ] {
+            assert!(closed.contains(name), "{name}");
+        }
+        assert!(!closed.iter().any(|n| n.contains("Fl1Bot")));
+        println!("{} closed family names", closed.len());
+    }
+
     #[test]
     fn groups() {
         assert_eq!(browser_group("Chrome Mobile iOS"), Some("Chrome"));
