@@ -181,6 +181,32 @@ fn bench_user_agent(c: &mut Criterion, f: &Fixture) {
             b.iter(|| f.agents.lookup(Some(black_box(next()))))
         });
     }
+    // A flood of unique agents (issue 9 item 2): each differs in its first bytes, so neither the
+    // cache nor the parsed prefix helps; the rest is random text (letters, digits, spaces and
+    // punctuation keep more regexes busy than repeated text); an ordinary length, then 16 KB
+    // (the header limit).
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ;/()._-";
+    let mut rng = fastrand::Rng::with_seed(9);
+    for (name, len) in [
+        ("lookup_unseen_120b", 120),
+        ("lookup_unseen_16kb", 16 * 1024),
+    ] {
+        let mut n = 0u64;
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    n += 1;
+                    let mut ua = format!("Mozilla/5.0 (X11; flood {n}) ");
+                    while ua.len() < len {
+                        ua.push(CHARS[rng.usize(..CHARS.len())] as char);
+                    }
+                    ua
+                },
+                |ua| f.agents.lookup(Some(&ua)),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
     g.finish();
 }
 

@@ -5,7 +5,7 @@ CREATE TABLE IF NOT EXISTS stats (
     country     TEXT    NOT NULL,           -- ISO 3166-1 alpha-2, '' when unknown
     os          TEXT    NOT NULL,
     browser     TEXT    NOT NULL,
-    device      TEXT    NOT NULL,           -- desktop | mobile | tablet | bot | other
+    device      TEXT    NOT NULL,           -- desktop | mobile | tablet | tv | bot | other
     campaign_id INTEGER NOT NULL,           -- 0 when no campaign won
     requests    INTEGER NOT NULL DEFAULT 0,
     impressions INTEGER NOT NULL DEFAULT 0,

@@ -296,7 +296,7 @@ targeting = { browsers = ["Firefox"] }
             "Samsung Internet",
         ];
         let oses = ["Windows", "Android", "iOS", "Mac OS X", "Linux"];
-        let devices = ["desktop", "mobile", "tablet", "other", "bot"];
+        let devices = ["desktop", "mobile", "tablet", "tv", "other", "bot"];
         let mut rng = fastrand::Rng::with_seed(7);
         let mut text = String::new();
         let pick = |rng: &mut fastrand::Rng, list: &[&str]| -> String {

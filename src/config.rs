@@ -99,6 +99,8 @@ pub struct Config {
     pub stats: StatsConfig,
     /// Log format and level.
     pub log: LogConfig,
+    /// Operator corrections to bot detection.
+    pub bots: BotsConfig,
     /// Where this configuration came from: the file, or `<defaults>`. Not a key.
     #[serde(skip)]
     pub source_name: String,
@@ -380,6 +382,20 @@ impl Default for LogConfig {
     }
 }
 
+/// `[bots]`: corrections to the built-in bot detection (uap-core and the crawler list).
+///
+/// Patterns are regular expressions (Rust `regex` syntax, case-sensitive unless `(?i)`) searched
+/// anywhere in the User-Agent. An agent matching `deny` is a bot; one matching `allow` (and not
+/// `deny`) is never a bot, whatever the built-in lists say.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BotsConfig {
+    /// Agents that are never bots, e.g. a monitoring tool you want counted as a visitor.
+    pub allow: Vec<String>,
+    /// Agents that are always bots, e.g. an in-house crawler the lists do not know.
+    pub deny: Vec<String>,
+}
+
 impl Config {
     /// Loads the configuration: `path` if given (it must exist), else `rotator.toml` in the
     /// working folder if present, else the defaults; then applies `ROTATOR_*` variables from
@@ -568,6 +584,9 @@ impl Config {
             return Err(self.invalid("stats", "max_pending_rows", "must be more than zero".into()));
         }
         check_log_level(&self.log.level).map_err(|m| self.invalid("log", "level", m))?;
+        for (key, patterns) in [("allow", &self.bots.allow), ("deny", &self.bots.deny)] {
+            regex::RegexSet::new(patterns).map_err(|e| self.invalid("bots", key, e.to_string()))?;
+        }
         Ok(())
     }
 
@@ -1080,5 +1099,20 @@ mod tests {
         let c = load("", &[]).unwrap();
         assert_eq!(c.stats.clickhouse.url, "http://127.0.0.1:8123");
         assert_eq!(c.stats.clickhouse.user, "default");
+    }
+
+    #[test]
+    fn bots_patterns_load_and_a_bad_one_is_named() {
+        let c = load(
+            "[bots]\nallow = [\"^MyProbe/\"]\n",
+            &[("ROTATOR_BOTS_DENY", "InHouse,Fetcher/\\d")],
+        )
+        .unwrap();
+        assert_eq!(c.bots.allow, ["^MyProbe/"]);
+        assert_eq!(c.bots.deny, ["InHouse", "Fetcher/\\d"]);
+        let err = load("[bots]\ndeny = [\"(unclosed\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[bots] deny"), "{err}");
     }
 }

@@ -164,7 +164,7 @@ fn load_core(config: Config) -> Result<Core> {
     // The parser first: its long-lived allocations then sit below the catalogue's and the
     // campaigns parser's temporaries in the heap instead of filling the holes those leave, which
     // would keep the pages of a large first catalogue resident after a reload replaces it.
-    let agents = UserAgentParser::new()?;
+    let agents = UserAgentParser::with_bots(&config.bots)?;
     let catalogue = Catalogue::load(&config.campaigns.file)?;
     Ok(Core {
         config,

@@ -16,7 +16,7 @@ pub struct Row {
     pub os: String,
     /// Browser family.
     pub browser: String,
-    /// `desktop`, `mobile`, `tablet`, `bot` or `other`.
+    /// `desktop`, `mobile`, `tablet`, `tv`, `bot` or `other`.
     pub device: String,
     /// The winning campaign, 0 when nothing won.
     pub campaign_id: u32,

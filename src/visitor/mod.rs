@@ -3,7 +3,10 @@
 //! Each part is a separate module with no knowledge of HTTP beyond header values, so `explain`
 //! and the benchmarks can build a [`Visitor`] from plain strings.
 
+pub mod bots;
 pub mod client_ip;
+pub mod device;
+pub mod families;
 pub mod geoip;
 pub mod symbol;
 pub mod user_agent;

@@ -4,8 +4,11 @@
 //! targeting index and statistics keys are `Copy`, hash in a few nanoseconds and never allocate.
 //! Names are resolved back to text only off the request path (flush, `explain`).
 //!
-//! The table is bounded: uap-core replacements such as `$1` copy text out of the User-Agent, so a
-//! hostile client could invent names without end. Past [`MAX_SYMBOLS`] new names become
+//! Only trusted text is added: the family names uap-core's rules can produce (seeded when the
+//! parser is built, see `families.rs`) and the names in the operator's campaigns. Parsing a
+//! visitor's agent only looks names up ([`Sym::lookup`]), so a client inventing names (uap-core's
+//! `$1` copies text out of the agent) adds nothing, and cannot change how a later visitor is
+//! classified. [`MAX_SYMBOLS`] bounds the table all the same: past it, new names become
 //! [`Sym::OTHER`].
 
 use std::collections::HashMap;
@@ -73,6 +76,15 @@ impl Sym {
             .ids
             .get(name)
             .copied()
+    }
+
+    /// The symbol of the lower-case form of `name` if it was interned before; never adds.
+    pub fn lookup_lowercase(name: &str) -> Option<Sym> {
+        if name.bytes().any(|b| b.is_ascii_uppercase()) || !name.is_ascii() {
+            Sym::lookup(&name.to_lowercase())
+        } else {
+            Sym::lookup(name)
+        }
     }
 
     /// The symbol of the lower-case form of `name`.
