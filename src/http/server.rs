@@ -67,7 +67,7 @@ pub async fn serve<H: Handler>(
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let builder = builder.clone();
-        let mut conn_shutdown = shutdown.clone();
+        let conn_shutdown = shutdown.clone();
         let drained = drained_tx.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
@@ -76,12 +76,12 @@ pub async fn serve<H: Handler>(
             });
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = crate::shutdown::wait(&mut conn_shutdown) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.as_mut().await;
-                }
+            if crate::shutdown::unless_stopped(conn.as_mut(), &conn_shutdown)
+                .await
+                .is_none()
+            {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.as_mut().await;
             }
             drop(drained);
         });
