@@ -4,6 +4,9 @@
 //! period) and, after they have drained, one for the statistics flusher, so that the counts of
 //! the last in-flight requests are in the final flush.
 
+use std::pin::Pin;
+use std::task::{Poll, Waker};
+
 use tokio::sync::watch;
 
 /// The sending side: call [`Trigger::fire`] once.
@@ -31,6 +34,37 @@ pub async fn wait(rx: &mut watch::Receiver<bool>) {
     }
 }
 
+/// Runs `work` until it is done (`Some` of its output) or `rx` says stop (`None`).
+///
+/// Like `tokio::select!` over `work` and [`wait`], except that the stop signal is polled only
+/// when the channel has changed (or the task's waker has), not every time `work` wakes. A
+/// connection's task wakes for every request, and polling a waiting `watch` receiver takes the
+/// channel's waiter lock, which every connection shares.
+pub async fn unless_stopped<F: Future>(
+    mut work: Pin<&mut F>,
+    rx: &watch::Receiver<bool>,
+) -> Option<F::Output> {
+    let probe = rx.clone();
+    let mut rx = rx.clone();
+    let mut stop = std::pin::pin!(wait(&mut rx));
+    // The waker `stop` last registered; polling again is needed only for another one.
+    let mut registered: Option<Waker> = None;
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(output) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        let same_waker = registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if !same_waker || !matches!(probe.has_changed(), Ok(false)) {
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            registered = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// Registers for SIGTERM and SIGINT now (so a signal that arrives before anyone waits is not
 /// lost to the default action), and returns the future that waits for the first of them.
 pub fn signals() -> std::io::Result<impl Future<Output = &'static str>> {
@@ -43,4 +77,43 @@ pub fn signals() -> std::io::Result<impl Future<Output = &'static str>> {
             _ = int.recv() => "SIGINT",
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn work_runs_until_done_or_stopped() {
+        let (trigger, rx) = channel();
+        let done = std::pin::pin!(async { 7 });
+        assert_eq!(unless_stopped(done, &rx).await, Some(7));
+
+        // Work that wakes often (a busy connection) and never ends: stopped when fired.
+        let stopped = tokio::spawn({
+            let rx = rx.clone();
+            async move {
+                let busy = std::pin::pin!(async {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                });
+                unless_stopped(busy, &rx).await.is_none()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!stopped.is_finished());
+        trigger.fire();
+        assert!(stopped.await.unwrap());
+
+        // Already fired: stops at once; a dropped trigger stops too.
+        let never = std::pin::pin!(std::future::pending::<()>());
+        assert_eq!(unless_stopped(never, &rx).await, None);
+        let (trigger, rx) = channel();
+        drop(trigger);
+        let never = std::pin::pin!(std::future::pending::<()>());
+        assert_eq!(unless_stopped(never, &rx).await, None);
+    }
 }

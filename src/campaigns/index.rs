@@ -6,8 +6,6 @@
 //! the words in order and stops at the first non-zero one, so it touches a few cache lines even
 //! with 10,000 campaigns, and it never allocates.
 
-use std::collections::HashMap;
-
 use super::Campaign;
 use crate::visitor::Visitor;
 use crate::visitor::geoip::Country;
@@ -29,42 +27,60 @@ impl Bits {
 }
 
 /// One targeting dimension: who accepts any value, and who accepts each named value.
+///
+/// Values are small dense keys (a symbol's number, a country's two letters), so finding a
+/// value's set is an array index, not a hash lookup: this runs four times per request.
 #[derive(Debug)]
-struct Dimension<K> {
+struct Dimension {
     any: Bits,
-    /// foldhash: keys are interned ids and country codes, looked up on every request.
-    by_value: HashMap<K, Bits, foldhash::fast::RandomState>,
+    /// By key: 1 + the position in `sets` of the key's set, 0 when no campaign names it.
+    slots: Vec<u32>,
+    sets: Vec<Bits>,
 }
 
-impl<K: std::hash::Hash + Eq + Copy> Dimension<K> {
+impl Dimension {
     fn new(words: usize) -> Self {
         Dimension {
             any: Bits::new(words),
-            by_value: HashMap::default(),
+            slots: Vec::new(),
+            sets: Vec::new(),
         }
     }
 
-    fn add(&mut self, position: usize, values: &[K], words: usize) {
-        if values.is_empty() {
+    fn add(&mut self, position: usize, keys: &[usize], words: usize) {
+        if keys.is_empty() {
             self.any.set(position);
         }
-        for v in values {
-            self.by_value
-                .entry(*v)
-                .or_insert_with(|| Bits::new(words))
-                .set(position);
+        for &key in keys {
+            if self.slots.len() <= key {
+                self.slots.resize(key + 1, 0);
+            }
+            if self.slots[key] == 0 {
+                self.sets.push(Bits::new(words));
+                self.slots[key] = self.sets.len() as u32;
+            }
+            let set = self.slots[key] as usize - 1;
+            self.sets[set].set(position);
         }
     }
 
-    fn get(&self, value: K) -> Option<&Bits> {
-        self.by_value.get(&value)
+    fn get(&self, key: usize) -> Option<&Bits> {
+        match self.slots.get(key) {
+            Some(&slot) if slot > 0 => self.sets.get(slot as usize - 1),
+            _ => None,
+        }
     }
 }
 
-/// Word `i` of an optional set (absent = empty).
-#[inline]
-fn word(bits: Option<&Bits>, i: usize) -> u64 {
-    bits.map_or(0, |b| b.0[i])
+/// A country's dense key, `0..26 * 26`.
+fn country_key(country: Country) -> usize {
+    match country.letters() {
+        [a, b] if a.is_ascii_uppercase() && b.is_ascii_uppercase() => {
+            usize::from(a - b'A') * 26 + usize::from(b - b'A')
+        }
+        // Never built (a Country holds two letters); a key no campaign can name.
+        _ => usize::MAX,
+    }
 }
 
 /// For each position, where its run of equal bids ends (campaigns are sorted by bid).
@@ -84,33 +100,35 @@ fn run_ends(campaigns: &[Campaign]) -> Vec<u32> {
 #[derive(Debug)]
 pub struct TargetingIndex {
     words: usize,
-    countries: Dimension<Country>,
-    browsers: Dimension<Sym>,
-    os: Dimension<Sym>,
+    countries: Dimension,
+    browsers: Dimension,
+    os: Dimension,
     devices: [Bits; Device::ALL.len()],
+    /// The empty set, standing in for a value no campaign names.
+    none: Bits,
     /// For each position, the end of its run of equal bids (exclusive).
     run_end: Vec<u32>,
 }
 
-/// The sets relevant to one visitor, looked up once per auction.
+/// The sets relevant to one visitor, looked up once per auction; all `words` long.
 struct Lookup<'a> {
-    any_country: &'a Bits,
-    country: Option<&'a Bits>,
-    any_browser: &'a Bits,
-    browser: Option<&'a Bits>,
-    browser_group: Option<&'a Bits>,
-    any_os: &'a Bits,
-    os: Option<&'a Bits>,
-    device: &'a Bits,
+    any_country: &'a [u64],
+    country: &'a [u64],
+    any_browser: &'a [u64],
+    browser: &'a [u64],
+    browser_group: &'a [u64],
+    any_os: &'a [u64],
+    os: &'a [u64],
+    device: &'a [u64],
 }
 
 impl Lookup<'_> {
     #[inline]
     fn eligible(&self, i: usize) -> u64 {
-        (self.any_country.0[i] | word(self.country, i))
-            & (self.any_browser.0[i] | word(self.browser, i) | word(self.browser_group, i))
-            & (self.any_os.0[i] | word(self.os, i))
-            & self.device.0[i]
+        (self.any_country[i] | self.country[i])
+            & (self.any_browser[i] | self.browser[i] | self.browser_group[i])
+            & (self.any_os[i] | self.os[i])
+            & self.device[i]
     }
 }
 
@@ -124,18 +142,23 @@ impl TargetingIndex {
             browsers: Dimension::new(words),
             os: Dimension::new(words),
             devices: Device::ALL.map(|_| Bits::new(words)),
+            none: Bits::new(words),
             run_end: run_ends(campaigns),
         };
         for (position, c) in campaigns.iter().enumerate().filter(|(_, c)| c.active) {
             let t = &c.targeting;
-            index.countries.add(position, &t.countries, words);
-            let browsers: Vec<Sym> = t
+            let countries: Vec<usize> = t.countries.iter().map(|c| country_key(*c)).collect();
+            index.countries.add(position, &countries, words);
+            let browsers: Vec<usize> = t
                 .browsers
                 .iter()
-                .map(|b| Sym::intern_lowercase(b))
+                .map(|b| Sym::intern_lowercase(b).index())
                 .collect();
             index.browsers.add(position, &browsers, words);
-            let os: Vec<Sym> = t.os.iter().map(|o| Sym::intern_lowercase(o)).collect();
+            let os: Vec<usize> =
+                t.os.iter()
+                    .map(|o| Sym::intern_lowercase(o).index())
+                    .collect();
             index.os.add(position, &os, words);
             for device in Device::ALL {
                 if t.devices.is_empty() || t.devices.contains(&device) {
@@ -146,21 +169,31 @@ impl TargetingIndex {
         index
     }
 
+    /// The words of `set`, or of the empty set.
+    fn or_none<'a>(&'a self, set: Option<&'a Bits>) -> &'a [u64] {
+        &set.unwrap_or(&self.none).0
+    }
+
+    #[inline]
     fn lookup(&self, visitor: &Visitor) -> Lookup<'_> {
         let a = &visitor.agent;
         Lookup {
-            any_country: &self.countries.any,
-            country: visitor.country.and_then(|c| self.countries.get(c)),
-            any_browser: &self.browsers.any,
-            browser: self.browsers.get(a.browser_key),
-            browser_group: if a.browser_group == a.browser_key {
+            any_country: &self.countries.any.0,
+            country: self.or_none(
+                visitor
+                    .country
+                    .and_then(|c| self.countries.get(country_key(c))),
+            ),
+            any_browser: &self.browsers.any.0,
+            browser: self.or_none(self.browsers.get(a.browser_key.index())),
+            browser_group: self.or_none(if a.browser_group == a.browser_key {
                 None
             } else {
-                self.browsers.get(a.browser_group)
-            },
-            any_os: &self.os.any,
-            os: self.os.get(a.os_key),
-            device: &self.devices[a.device.index()],
+                self.browsers.get(a.browser_group.index())
+            }),
+            any_os: &self.os.any.0,
+            os: self.or_none(self.os.get(a.os_key.index())),
+            device: &self.devices[a.device.index()].0,
         }
     }
 

@@ -73,6 +73,8 @@ impl Catalogue {
     /// Builds the catalogue and its index.
     pub fn new(mut campaigns: Vec<Campaign>, source: PathBuf) -> Catalogue {
         campaigns.sort_by(|a, b| b.bid.total_cmp(&a.bid).then(a.id.cmp(&b.id)));
+        // Loading grew the vector by doubling; kept for the catalogue's life (6 MB at 100,000).
+        campaigns.shrink_to_fit();
         let index = TargetingIndex::build(&campaigns);
         Catalogue {
             campaigns,

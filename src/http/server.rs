@@ -193,7 +193,7 @@ pub async fn serve<H: Handler>(
         let io = Guarded::new(stream, send_timeout, metrics.send_timeouts.clone());
         let handler = handler.clone();
         let builder = builder.clone();
-        let mut conn_shutdown = shutdown.clone();
+        let conn_shutdown = shutdown.clone();
         let drained = drained_tx.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
@@ -202,12 +202,12 @@ pub async fn serve<H: Handler>(
             });
             let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = crate::shutdown::wait(&mut conn_shutdown) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.as_mut().await;
-                }
+            if crate::shutdown::unless_stopped(conn.as_mut(), &conn_shutdown)
+                .await
+                .is_none()
+            {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.as_mut().await;
             }
             drop(slot);
             drop(drained);

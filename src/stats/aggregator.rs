@@ -10,6 +10,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,7 +21,7 @@ use crate::visitor::symbol::Sym;
 use crate::visitor::user_agent::Device;
 
 /// The key of one statistics row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RowKey {
     /// Start of the minute, Unix seconds.
     pub minute: u32,
@@ -34,6 +35,20 @@ pub struct RowKey {
     pub device: Device,
     /// Winning campaign, 0 for none.
     pub campaign_id: u32,
+}
+
+impl Hash for RowKey {
+    /// Three words instead of one write per field: this hashes on every request. Equal keys
+    /// write equal words, as `Eq` requires.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let country = self.country.map_or(0, |c| {
+            let [a, b] = c.letters();
+            1 << 16 | u32::from(a) << 8 | u32::from(b)
+        });
+        state.write_u64(u64::from(self.minute) << 32 | u64::from(self.campaign_id));
+        state.write_u64((self.os.index() as u64) << 32 | self.browser.index() as u64);
+        state.write_u32(country << 8 | self.device.index() as u32);
+    }
 }
 
 /// Counts of one row.

@@ -87,6 +87,11 @@ impl Sym {
         }
     }
 
+    /// The symbol's number: dense from 0 and below [`MAX_SYMBOLS`], for tables indexed by symbol.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+
     /// The symbol of the lower-case form of `name`.
     pub fn intern_lowercase(name: &str) -> Sym {
         if name.bytes().any(|b| b.is_ascii_uppercase()) || !name.is_ascii() {
