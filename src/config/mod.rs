@@ -511,7 +511,7 @@ mod tests {
 
     /// Issue 9, item 1: loopback only by default, one header, named by the operator.
     #[test]
-    fn r9_client_ip_defaults_and_overrides() {
+    fn issue9_client_ip_defaults_and_overrides() {
         let c = load("", &[]).unwrap();
         assert_eq!(c.server.trusted_proxies, ["127.0.0.0/8", "::1/128"]);
         let rule = c.client_ip_rule().unwrap();

@@ -229,7 +229,7 @@ mod tests {
 
     /// Issue 9, item 4: 581 `accept failed` lines in 30 s became one per interval.
     #[test]
-    fn r9_accept_warnings_are_rate_limited() {
+    fn issue9_accept_warnings_are_rate_limited() {
         let mut w = AcceptWarnings::default();
         let start = Instant::now();
         assert_eq!(w.failed(start), Some(0));

@@ -516,7 +516,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn issue_9_3_rows_are_lost_only_past_the_memory_bound_and_at_shutdown() {
+    async fn issue9_rows_are_lost_only_past_the_memory_bound_and_at_shutdown() {
         let (mut f, dir) = both_refuse(2);
         for id in ["a", "b", "c", "d"] {
             turn(&mut f, id).await;

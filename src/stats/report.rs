@@ -260,7 +260,7 @@ mod tests {
     /// Issue 8 item 3: without `--by` the sink's one row is the total; it used to be cleared
     /// before the total was summed, so every format printed zeros.
     #[test]
-    fn issue_8_3_totals_without_grouping() {
+    fn issue8_totals_without_grouping() {
         let q = ReportQuery {
             from: 0,
             to: 60,

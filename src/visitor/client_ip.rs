@@ -360,7 +360,7 @@ mod tests {
     /// Issue 9, item 1: a header other than the configured one is never read, whatever the
     /// order the old code preferred (`Forwarded`, then `X-Forwarded-For`, then `X-Real-IP`).
     #[test]
-    fn r9_only_the_configured_header_is_read() {
+    fn issue9_only_the_configured_header_is_read() {
         // nginx appended the visitor (5.6.7.8) to X-Forwarded-For and passed the visitor's own
         // Forwarded and X-Real-IP through.
         let behind_nginx: &[(&str, &[u8])] = &[

@@ -139,7 +139,7 @@ fn start_rotator(tag: &str, server_extra: &str) -> Server {
 /// a visitor's own `Forwarded` or `X-Forwarded-For` does not choose the campaign; behind a proxy
 /// that sets only `X-Real-IP`, the visitor's `X-Forwarded-For` does not either.
 #[test]
-fn r9_visitors_cannot_choose_their_ip_behind_nginx() {
+fn issue9_visitors_cannot_choose_their_ip_behind_nginx() {
     let Some(nginx) = tool("nginx") else { return };
     let xff = start_rotator("nginx-xff", "");
     let real_ip = start_rotator("nginx-realip", "client_ip_header = \"x-real-ip\"");
@@ -203,7 +203,7 @@ fn r9_visitors_cannot_choose_their_ip_behind_nginx() {
 
 /// README's HAProxy snippet (`option forwardfor` appends its own `X-Forwarded-For` line).
 #[test]
-fn r9_visitors_cannot_choose_their_ip_behind_haproxy() {
+fn issue9_visitors_cannot_choose_their_ip_behind_haproxy() {
     let Some(haproxy) = tool("haproxy") else {
         return;
     };
@@ -275,7 +275,7 @@ fn fd_limits(pid: u32) -> (u64, u64) {
 /// connections (soft limit raised to the hard one) and keeps answering; beyond
 /// `max_connections` new connections are closed at once and counted.
 #[test]
-fn r9_descriptor_limit_is_raised_and_max_connections_holds() {
+fn issue9_descriptor_limit_is_raised_and_max_connections_holds() {
     let Some(prlimit) = tool("prlimit") else {
         return;
     };
@@ -354,7 +354,7 @@ fn r9_descriptor_limit_is_raised_and_max_connections_holds() {
 /// Issue 9, item 4: a client that pipelines 2 MB of requests and never reads is closed after
 /// `send_timeout` (it stayed open for good before), and the answers queued for it stay bounded.
 #[test]
-fn r9_a_client_that_never_reads_is_closed() {
+fn issue9_a_client_that_never_reads_is_closed() {
     let dir = temp_dir("noread");
     let s = Server::start_in(
         &dir,
@@ -407,7 +407,7 @@ fn r9_a_client_that_never_reads_is_closed() {
 
 /// Issue 11: methods no route takes get 405 whatever their target; an HTTP/2 preface gets 505.
 #[test]
-fn r11_methods_without_a_route_and_http2_prefaces_get_an_answer() {
+fn issue9_methods_without_a_route_and_http2_prefaces_get_an_answer() {
     let s = Server::start_in(
         &temp_dir("methods"),
         &config("", "[stats]\nsink = \"none\"\n"),
@@ -439,7 +439,7 @@ fn r11_methods_without_a_route_and_http2_prefaces_get_an_answer() {
 /// Issue 12: `explain --header` resolves the client address as the server would, from the
 /// peer `--ip`, and says which address it used.
 #[test]
-fn r12_explain_takes_request_headers() {
+fn issue9_explain_takes_request_headers() {
     let dir = temp_dir("explain-headers");
     std::fs::write(dir.join("campaigns.toml"), seed_campaigns()).unwrap();
     std::fs::write(dir.join("rotator.toml"), config("", "")).unwrap();

@@ -166,7 +166,7 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 /// lost only when both refuse (and memory already holds `max_pending_rows`), and readiness
 /// follows the sink. Every request ends up either in the database or in a `LOST` line.
 #[test]
-fn issue_9_3_sink_is_retried_while_the_spool_is_full() {
+fn issue9_sink_is_retried_while_the_spool_is_full() {
     let dir = temp_dir("full-disk");
     // Declared before the server, so they are unmounted after it has stopped.
     let Some(db) = tmpfs(&dir.join("db"), "4m") else {

@@ -279,7 +279,7 @@ pub fn metric(s: &Server, name: &str) -> f64 {
 /// and the batches behind both are written. (Two files are named as earlier releases named them,
 /// `<seq>.batch`; the corrupt one carries its row count, `<seq>-<rows>.batch`.)
 #[test]
-fn issue_9_7_bad_spooled_batches_do_not_block_the_rest() {
+fn issue9_bad_spooled_batches_do_not_block_the_rest() {
     let dir = temp_dir("bad-spool");
     let spool = dir.join("data/spool");
     std::fs::create_dir_all(&spool).unwrap();

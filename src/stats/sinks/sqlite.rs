@@ -311,7 +311,7 @@ mod tests {
     /// Issue 9 item 7: values SQLite cannot store are data errors (not retried), and nothing of
     /// the refused batch stays behind.
     #[tokio::test]
-    async fn issue_9_7_values_out_of_range_are_data_errors() {
+    async fn issue9_values_out_of_range_are_data_errors() {
         let (dir, sink) = temp_sink("range");
         sink.migrate().await.unwrap();
         let mut big = row(60, 1, 1);
