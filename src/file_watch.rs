@@ -7,7 +7,7 @@
 //! non-blocking and checked again after opening, so swapping it for a FIFO between the check and
 //! the open cannot block either.
 //!
-//! **Watching** ([`watch`]): the file is polled (modification time, size, inode) every interval
+//! **Watching** ([`watch`](fn@watch)): the file is polled (modification time, size, inode) every interval
 //! rather than watched with inotify: polling also sees editors that replace the file by renaming
 //! and Kubernetes ConfigMaps that swap a symlink, and it costs one `stat` per interval. A change
 //! is loaded only once the file has **settled**: the same fingerprint at [`SETTLE_CHECKS`]

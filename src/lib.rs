@@ -9,7 +9,7 @@
 //! swapped whole on reload) and writes to per-thread counters; everything slow (file loading,
 //! database writes) happens off it.
 //! [`decision::Decider`] is the one place where a request becomes a decision, and
-//! [`decision::Observer`] the one seam where each decision is counted.
+//! [`decision::Decider::record`] the one seam where each decision is counted.
 
 pub mod auction;
 pub mod campaigns;

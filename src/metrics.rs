@@ -131,6 +131,16 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
     c
 }
 
+/// A counter by `result` (`ok`, `error`) whose two series exist from the start, so that an
+/// alert on their increase sees the first event.
+fn result_counter(registry: &Registry, name: &str, help: &str) -> IntCounterVec {
+    let c = counter_vec(registry, name, help, &["result"]);
+    for result in ["ok", "error"] {
+        c.with_label_values(&[result]);
+    }
+    c
+}
+
 impl Metrics {
     /// Registers every metric. Names are constants, so registration cannot fail at run time;
     /// the `expect`s document that.
@@ -242,30 +252,21 @@ impl Metrics {
                 "rotator_stats_rows_lost_total",
                 "Statistics rows that could be neither written nor spooled.",
             ),
-            reloads: counter_vec(
+            reloads: result_counter(
                 &registry,
                 "rotator_campaign_reloads_total",
                 "Campaign file reloads by result.",
-                &["result"],
             ),
             campaigns_active: gauge(
                 &registry,
                 "rotator_campaigns_active",
                 "Active campaigns in the current catalogue.",
             ),
-            geoip_reloads: {
-                let c = counter_vec(
-                    &registry,
-                    "rotator_geoip_reloads_total",
-                    "GeoIP database reloads by result.",
-                    &["result"],
-                );
-                // Both series exist from the start, so an alert on their increase sees the first.
-                for result in ["ok", "error"] {
-                    c.with_label_values(&[result]);
-                }
-                c
-            },
+            geoip_reloads: result_counter(
+                &registry,
+                "rotator_geoip_reloads_total",
+                "GeoIP database reloads by result.",
+            ),
             geoip_build_timestamp: gauge(
                 &registry,
                 "rotator_geoip_build_timestamp_seconds",

@@ -91,7 +91,7 @@ pub fn load(path: &Path) -> Result<Vec<Campaign>, CampaignsError> {
 
 /// Parses and validates the text of a campaigns file.
 ///
-/// A valid file is parsed one `[[campaign]]` section at a time ([`sections`]), so memory grows
+/// A valid file is parsed one `[[campaign]]` section at a time (`sections`), so memory grows
 /// with the campaigns kept, not with the file's parse tree: `toml` lexes a whole document into
 /// tokens and a tree of spanned values first, some 35 bytes per byte of text (over 700 MB for
 /// 100,000 campaigns). When a section does not parse on its own, the whole file is parsed, so a

@@ -1,6 +1,6 @@
 //! Campaigns: the model, the file they come from, the index the auction reads, hot reload.
 //!
-//! The campaigns file is raw input ([`file`]): parsed, validated with messages that name the
+//! The campaigns file is raw input ([`file`](mod@file)): parsed, validated with messages that name the
 //! file, line, campaign and field. A valid file becomes a [`Catalogue`]: immutable, sorted by
 //! bid, with a [`index::TargetingIndex`] built once so that the auction never scans campaigns.
 //! [`reload`] swaps whole catalogues atomically; a request keeps the one it started with.

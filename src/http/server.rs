@@ -87,7 +87,7 @@ pub fn fitting_max_connections(configured: u64, fd_limit: u64) -> u64 {
     configured.min(fd_limit.saturating_sub(FD_RESERVE)).max(1)
 }
 
-/// Lets one `accept failed` warning through per [`ACCEPT_WARN_INTERVAL`]; the next one says how
+/// Lets one `accept failed` warning through per `ACCEPT_WARN_INTERVAL`; the next one says how
 /// many were held back, so a storm of failures is a few lines, not hundreds.
 #[derive(Debug, Default)]
 pub struct AcceptWarnings {

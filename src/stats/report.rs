@@ -29,7 +29,7 @@ pub struct ReportQuery {
     pub from: u32,
     /// End of the range, Unix seconds, exclusive.
     pub to: u32,
-    /// Grouping columns (SQL names from [`column`]).
+    /// Grouping columns (SQL names from [`column`](fn@column)).
     pub by: Vec<&'static str>,
 }
 
