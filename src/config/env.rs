@@ -98,6 +98,19 @@ fn env_value(default: &toml::Value, raw: &str) -> Result<toml::Value, String> {
                 .parse()
                 .map_err(|_| format!("{raw:?} is not true or false"))?,
         ),
+        // A TOML array (`["a{1,3}", "b"]`) for values that contain commas themselves.
+        toml::Value::Array(_) if raw.trim_start().starts_with('[') => {
+            let wrapped: toml::Table = toml::from_str(&format!("v = {raw}")).map_err(|e| {
+                format!(
+                    "{raw:?} is not a TOML array: {}",
+                    super::one_line(&e.to_string())
+                )
+            })?;
+            match wrapped.get("v") {
+                Some(array @ toml::Value::Array(_)) => array.clone(),
+                _ => return Err(format!("{raw:?} is not a TOML array")),
+            }
+        }
         toml::Value::Array(_) => toml::Value::Array(
             raw.split(',')
                 .map(str::trim)

@@ -472,6 +472,19 @@ mod tests {
     }
 
     #[test]
+    fn env_lists_may_be_toml_arrays_for_items_with_commas() {
+        let c = load("", &[("ROTATOR_BOTS_ALLOW", r"['^Foo/\d{1,3}', 'Bar']")]).unwrap();
+        assert_eq!(c.bots.allow, [r"^Foo/\d{1,3}", "Bar"]);
+        let err = load("", &[("ROTATOR_BOTS_DENY", "[\"unclosed")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ROTATOR_BOTS_DENY") && err.contains("TOML array"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_env_is_named() {
         let err = load("", &[("ROTATOR_STATS_MAX_PENDING_ROWS", "many")])
             .unwrap_err()
