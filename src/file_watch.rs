@@ -7,14 +7,14 @@
 //! non-blocking and checked again after opening, so swapping it for a FIFO between the check and
 //! the open cannot block either.
 //!
-//! **Watching** ([`watch`](fn@watch)): the file is polled (modification time, size, inode) every interval
-//! rather than watched with inotify: polling also sees editors that replace the file by renaming
-//! and Kubernetes ConfigMaps that swap a symlink, and it costs one `stat` per interval. A change
-//! is loaded only once the file has **settled**: the same fingerprint at [`SETTLE_CHECKS`]
-//! checks after the one that saw the change, so a file being written in place (a slow copy, an
-//! editor pausing) is not loaded half-written. A writer that pauses for longer than that must
-//! write a new file and rename it over the old one (atomic). SIGHUP loads at once: the operator
-//! says the file is complete.
+//! **Watching** ([`watch`](fn@watch)): the file is polled (modification time, size, inode)
+//! every interval rather than watched with inotify: polling also sees editors that replace the
+//! file by renaming and Kubernetes ConfigMaps that swap a symlink, and it costs one `stat` per
+//! interval. A change is loaded only once the file has **settled**: the same fingerprint at
+//! [`SETTLE_CHECKS`] checks after the one that saw the change, so a file being written in place
+//! (a slow copy, an editor pausing) is not loaded half-written. A writer that pauses for longer
+//! than that must write a new file and rename it over the old one (atomic). SIGHUP loads at
+//! once: the operator says the file is complete.
 //!
 //! **Retiring** ([`retire`]): the replaced value is dropped off the runtime threads and the
 //! allocator is asked to return the freed memory to the system.
