@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Server, config, request, run, seed_campaigns, temp_dir};
+use crate::harness::{Server, config, report_json, request, seed_campaigns, temp_dir};
 use crate::server::{CHROME, RU};
 use crate::stats::metric;
 
@@ -109,22 +109,9 @@ fn tmpfs(path: &Path, size: &str) -> Option<Tmpfs> {
 
 /// Total requests in the sink, from `rotator report` without `--by`.
 fn stored_requests(dir: &Path) -> u64 {
-    let cfg = dir.join("rotator.toml");
-    let (status, out, err) = run(
-        &[
-            "report",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--since",
-            "1d",
-            "--format",
-            "json",
-        ],
-        None,
-    );
-    assert!(status.success(), "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    v["total"]["requests"].as_u64().unwrap()
+    report_json(dir, None)["total"]["requests"]
+        .as_u64()
+        .unwrap()
 }
 
 /// Rows and requests of every `statistics LOST` line in a JSON log.

@@ -74,6 +74,19 @@ pub fn run(args: &[&str], stdin: Option<&str>) -> (ExitStatus, String, String) {
     )
 }
 
+/// `rotator report --since 1d [--by BY] --format json` with the config in `dir`, parsed.
+pub fn report_json(dir: &Path, by: Option<&str>) -> serde_json::Value {
+    let cfg = dir.join("rotator.toml");
+    let mut args = vec!["report", "--config", cfg.to_str().unwrap(), "--since", "1d"];
+    if let Some(by) = by {
+        args.extend(["--by", by]);
+    }
+    args.extend(["--format", "json"]);
+    let (status, out, err) = run(&args, None);
+    assert!(status.success(), "{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
 impl Server {
     /// Writes `config` and `campaigns` into `dir` and starts `rotator serve` there; waits until
     /// it listens.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{Server, config, repo, request, run, seed_campaigns, temp_dir};
+use crate::harness::{Server, config, repo, report_json, request, run, seed_campaigns, temp_dir};
 use crate::server::{CHROME, CHROME_ANDROID, DE, FIREFOX, GOOGLEBOT, RU, US};
 use crate::support::{service_lock, service_url};
 
@@ -54,23 +54,7 @@ fn expected(rounds: u64) -> Sums {
 
 /// Reads the sink through `rotator report --format json` (so the report is tested too).
 fn report(dir: &std::path::Path) -> Sums {
-    let cfg = dir.join("rotator.toml");
-    let (status, out, err) = run(
-        &[
-            "report",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--since",
-            "1d",
-            "--by",
-            "campaign,country,browser,os,device",
-            "--format",
-            "json",
-        ],
-        None,
-    );
-    assert!(status.success(), "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let v = report_json(dir, Some("campaign,country,browser,os,device"));
     let mut sums = Sums::new();
     for row in v["rows"].as_array().unwrap() {
         let key = ["campaign", "country", "browser", "os", "device"]
