@@ -1,13 +1,13 @@
 //! The browser and OS names a targeting list can usefully contain: the families the bundled
-//! uap-core rules can produce (the closed set of [`crate::visitor::families`]), so that
-//! `rotator check` and each reload can warn about a name no visitor will have. Built once per
-//! process, on first use.
+//! uap-core rules can produce ([`crate::visitor::families::bundled`], the set the parser
+//! serves), so that `rotator check` and each reload can warn about a name no visitor will have.
+//! Built once per process, on first use.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use crate::visitor::families::rule_names;
-use crate::visitor::user_agent::{BROWSER_GROUPS, REGEXES_YAML};
+use crate::visitor::families;
+use crate::visitor::user_agent::BROWSER_GROUPS;
 
 /// How many close names a warning suggests.
 const MAX_SUGGESTIONS: usize = 3;
@@ -70,18 +70,13 @@ pub fn known() -> Option<&'static KnownNames> {
 }
 
 fn build() -> Option<KnownNames> {
-    let rules: ua_parser::Regexes<'_> = serde_yaml::from_str(REGEXES_YAML).ok()?;
+    let names = families::bundled()?;
     let mut known = KnownNames::default();
-    for rule in &rules.user_agent_parsers {
-        for name in rule_names(&rule.regex, rule.family_replacement.as_deref()).unwrap_or_default()
-        {
-            known.browsers.insert(&name);
-        }
+    for name in &names.browsers {
+        known.browsers.insert(name);
     }
-    for rule in &rules.os_parsers {
-        for name in rule_names(&rule.regex, rule.os_replacement.as_deref()).unwrap_or_default() {
-            known.os.insert(&name);
-        }
+    for name in &names.os {
+        known.os.insert(name);
     }
     for (base, _) in BROWSER_GROUPS {
         known.browsers.insert(base);

@@ -9,25 +9,66 @@
 //! nothing a visitor sends changes how a later visitor is classified (issue 9 item 5).
 
 use std::collections::BTreeSet;
+use std::sync::OnceLock;
 
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use regex_syntax::hir::{Hir, HirKind};
 
-/// Every browser and OS family name `regexes` can produce whatever the agent says.
-pub fn closed_names(regexes: &ua_parser::Regexes<'_>) -> BTreeSet<String> {
-    let browsers = regexes
-        .user_agent_parsers
-        .iter()
-        .filter_map(|p| rule_names(&p.regex, p.family_replacement.as_deref()));
-    let os = regexes
-        .os_parsers
-        .iter()
-        .filter_map(|p| rule_names(&p.regex, p.os_replacement.as_deref()));
-    browsers
-        .chain(os)
-        .flatten()
-        .filter(|n| !n.is_empty())
-        .collect()
+use super::user_agent::REGEXES_YAML;
+
+/// The family names a set of rules can produce whatever the agent says.
+#[derive(Debug, Default)]
+pub struct FamilyNames {
+    /// Browser families.
+    pub browsers: BTreeSet<String>,
+    /// OS families.
+    pub os: BTreeSet<String>,
+}
+
+impl FamilyNames {
+    /// Works the names out of `regexes` (a regex-syntax walk over every rule).
+    pub fn of(regexes: &ua_parser::Regexes<'_>) -> FamilyNames {
+        fn names<'a>(rules: impl Iterator<Item = (&'a str, Option<&'a str>)>) -> BTreeSet<String> {
+            rules
+                .filter_map(|(regex, template)| rule_names(regex, template))
+                .flatten()
+                .filter(|n| !n.is_empty())
+                .collect()
+        }
+        FamilyNames {
+            browsers: names(
+                regexes
+                    .user_agent_parsers
+                    .iter()
+                    .map(|p| (&*p.regex, p.family_replacement.as_deref())),
+            ),
+            os: names(
+                regexes
+                    .os_parsers
+                    .iter()
+                    .map(|p| (&*p.regex, p.os_replacement.as_deref())),
+            ),
+        }
+    }
+
+    /// Browser and OS names together.
+    pub fn all(&self) -> impl Iterator<Item = &String> {
+        self.browsers.iter().chain(&self.os)
+    }
+}
+
+/// The names of the bundled rules (`data/uap/regexes.yaml`), worked out once per process and
+/// shared by the parser (which interns them) and the campaigns file check (which warns about
+/// names outside them). `None` if the embedded rules do not parse, a build defect that
+/// `UserAgentParser::new` reports.
+pub fn bundled() -> Option<&'static FamilyNames> {
+    static BUNDLED: OnceLock<Option<FamilyNames>> = OnceLock::new();
+    BUNDLED
+        .get_or_init(|| {
+            let regexes: ua_parser::Regexes<'_> = serde_yaml::from_str(REGEXES_YAML).ok()?;
+            Some(FamilyNames::of(&regexes))
+        })
+        .as_ref()
 }
 
 /// Most strings one captured group may expand to before it counts as open-ended.

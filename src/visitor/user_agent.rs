@@ -19,7 +19,7 @@ use std::sync::Arc;
 use super::bots::{Bots, BotsError};
 pub use super::device::Device;
 use super::device::{DeviceRules, Facts};
-use super::families::closed_names;
+use super::families;
 use super::symbol::Sym;
 use crate::config::BotsConfig;
 
@@ -153,7 +153,7 @@ impl UserAgentParser {
     pub fn with_bots(bots: &BotsConfig) -> Result<Arc<UserAgentParser>, UserAgentError> {
         let regexes: ua_parser::Regexes<'static> =
             serde_yaml::from_str(REGEXES_YAML).map_err(|e| UserAgentError::Rules(e.to_string()))?;
-        seed_families(&regexes);
+        seed_families()?;
         let extractor = ua_parser::Extractor::try_from(regexes)
             .map_err(|e| UserAgentError::Rules(e.to_string()))?;
         Ok(Arc::new(UserAgentParser {
@@ -235,14 +235,17 @@ fn parsed_part(ua: &str) -> &str {
     &ua[..end]
 }
 
-/// Interns every family name the rules can produce (and its lower-case key), so parsing only
-/// looks names up: see [`super::families`].
-fn seed_families(regexes: &ua_parser::Regexes<'_>) {
-    let groups = BROWSER_GROUPS.iter().map(|(base, _)| base.to_string());
-    for name in closed_names(regexes).into_iter().chain(groups) {
-        Sym::intern(&name);
-        Sym::intern_lowercase(&name);
+/// Interns every family name the bundled rules can produce (and its lower-case key), so parsing
+/// only looks names up: see [`super::families`].
+fn seed_families() -> Result<(), UserAgentError> {
+    let names = families::bundled()
+        .ok_or_else(|| UserAgentError::Rules("the bundled rules do not parse".into()))?;
+    let groups = BROWSER_GROUPS.iter().map(|(base, _)| *base);
+    for name in names.all().map(String::as_str).chain(groups) {
+        Sym::intern(name);
+        Sym::intern_lowercase(name);
     }
+    Ok(())
 }
 
 /// The symbol of a family name the rules can produce; `Other` for a name captured from the agent.
@@ -339,8 +342,8 @@ mod tests {
         );
         let text =
             std::fs::read_to_string(path).expect("tests/data/traffic/synthetic-requests.tsv");
-        let regexes: ua_parser::Regexes<'_> = serde_yaml::from_str(REGEXES_YAML).unwrap();
-        let closed = closed_names(&regexes);
+        let names = families::bundled().unwrap();
+        let closed: std::collections::BTreeSet<&str> = names.all().map(String::as_str).collect();
         let (mut checked, mut mismatched, mut bots, mut open) = (0, Vec::new(), 0, 0);
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let f: Vec<&str> = line.split('\t').collect();
@@ -434,8 +437,8 @@ mod tests {
     /// The closed set holds the families people target; names copied from agents are not in it.
     #[test]
     fn closed_family_names_cover_real_browsers() {
-        let regexes: ua_parser::Regexes<'_> = serde_yaml::from_str(REGEXES_YAML).unwrap();
-        let closed = closed_names(&regexes);
+        let names = families::bundled().unwrap();
+        let closed: std::collections::BTreeSet<&str> = names.all().map(String::as_str).collect();
         for name in [
             "Chrome",
             "Chrome Mobile",
