@@ -22,6 +22,19 @@
 //!   before any part is written), except for a batch spanning two months: its monthly partitions
 //!   are written one after the other, and a failure between them leaves the first one counted.
 //!
+//! Upgrade from release 0.1.0 (a table without `placement`, found in `system.columns`): the
+//! `ORDER BY` of a MergeTree cannot take new columns on old servers, so `migrate` creates the new
+//! table as `<table>_upgrade`, copies every old row into it (`INSERT ... SELECT`, placement `''`,
+//! creative 0, viewables 0), checks that the sums match, swaps the two with `RENAME TABLE`
+//! (the old one becomes `<table>_0_1_0`) and drops the old one once its sums are still those
+//! copied. Restartable: a crash before the swap leaves the old table in place (the partial copy is
+//! dropped and redone); a crash between the two renames leaves no `<table>`, which the next
+//! `migrate` completes; a backup whose sums cannot be checked any more is kept and named in a
+//! warning. Stop other writers of the table while `rotator migrate` upgrades it: rows they write
+//! to the old table during the copy are not moved (the backup is then kept, with a warning).
+//! Dimension columns are `LowCardinality(String)` on servers from 20.1 on (only 18.16 was tested
+//! here), `String` before.
+//!
 //! The table is a `SummingMergeTree`: rows with the same key are summed when parts merge, which
 //! may happen much later, so every read aggregates with `sum()` / `GROUP BY`.
 
@@ -47,6 +60,16 @@ const DEDUP_SINCE: ServerVersion = ServerVersion {
     major: 22,
     minor: 2,
 };
+
+/// The first release this sink uses `LowCardinality(String)` on (experimental before 19.x; 20.1
+/// is a safe floor).
+const LOW_CARDINALITY_SINCE: ServerVersion = ServerVersion {
+    major: 20,
+    minor: 1,
+};
+
+/// How long the upgrade's `INSERT ... SELECT` of the old rows may take.
+const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Appended to `CREATE TABLE` on servers from [`DEDUP_SINCE`] on.
 const DEDUP_TABLE_SETTING: &str = "SETTINGS non_replicated_deduplication_window = 1000";
@@ -87,6 +110,15 @@ impl ServerVersion {
     fn deduplicates(self) -> bool {
         self >= DEDUP_SINCE
     }
+
+    /// The type of the dimension columns (country, os, browser, device, placement).
+    fn dimension(self) -> &'static str {
+        if self >= LOW_CARDINALITY_SINCE {
+            "LowCardinality(String)"
+        } else {
+            "String"
+        }
+    }
 }
 
 /// One row as sent in `RowBinary`: field order and types must match the table exactly, because
@@ -99,8 +131,11 @@ struct InsertRow<'a> {
     browser: &'a str,
     device: &'a str,
     campaign_id: u32,
+    placement: &'a str,
+    creative_id: u32,
     requests: u64,
     impressions: u64,
+    viewables: u64,
     clicks: u64,
 }
 
@@ -111,6 +146,16 @@ struct ReportLine {
     g: Vec<String>,
     req: u64,
     imp: u64,
+    vie: u64,
+    clk: u64,
+}
+
+/// Sums compared before and after the upgrade's copy.
+#[derive(Row, Deserialize, Debug, PartialEq, Eq)]
+struct Sums {
+    requests: u64,
+    impressions: u64,
+    clicks: u64,
 }
 
 /// Quotes an identifier with backticks (ClickHouse escapes with backslashes).
@@ -141,9 +186,9 @@ fn literal(value: &str) -> String {
     out
 }
 
-/// The schema's statements, comment lines removed, placeholders replaced: the HTTP interface
-/// takes one statement per request.
-fn statements(schema: &str, db: &str, table: &str) -> Vec<String> {
+/// The schema's statements, comment lines removed, placeholders replaced (`dim` is the type of
+/// the dimension columns): the HTTP interface takes one statement per request.
+fn statements(schema: &str, db: &str, table: &str, dim: &str) -> Vec<String> {
     let text: String = schema
         .lines()
         .filter(|l| !l.trim_start().starts_with("--"))
@@ -152,7 +197,11 @@ fn statements(schema: &str, db: &str, table: &str) -> Vec<String> {
     text.split(';')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.replace("{db}", db).replace("{table}", table))
+        .map(|s| {
+            s.replace("{db}", db)
+                .replace("{table}", table)
+                .replace("{dim}", dim)
+        })
         .collect()
 }
 
@@ -265,7 +314,18 @@ impl ClickhouseSink {
         classify: fn(&clickhouse::error::Error) -> SinkError,
         request: impl Future<Output = clickhouse::error::Result<T>>,
     ) -> Result<T, SinkError> {
-        match tokio::time::timeout(self.timeout, request).await {
+        self.run_within(self.timeout, what, classify, request).await
+    }
+
+    /// [`run`](Self::run) with another time limit.
+    async fn run_within<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        classify: fn(&clickhouse::error::Error) -> SinkError,
+        request: impl Future<Output = clickhouse::error::Result<T>>,
+    ) -> Result<T, SinkError> {
+        match tokio::time::timeout(timeout, request).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 let mut err = classify(&e);
@@ -274,7 +334,7 @@ impl ClickhouseSink {
             }
             Err(_) => Err(SinkError::transient(
                 NAME,
-                format!("{what}: timed out after {:?}", self.timeout),
+                format!("{what}: timed out after {timeout:?}"),
             )),
         }
     }
@@ -299,24 +359,27 @@ impl ClickhouseSink {
         self.version.get_or_try_init(|| ask).await.copied()
     }
 
-    /// Creates the database and the table if missing. An unreachable server is a transient error;
-    /// a server that refuses the statements is a permanent one.
+    /// Creates the database and the table if missing, upgrading a table of release 0.1.0 (module
+    /// doc). An unreachable server is a transient error; a server that refuses the statements is
+    /// a permanent one.
     pub async fn migrate(&self) -> Result<(), SinkError> {
         let version = self.server_version(classify_ddl).await?;
-        for mut sql in statements(SCHEMA, &quote(&self.database), &quote(&self.table)) {
-            if version.deduplicates() && sql.starts_with("CREATE TABLE") {
-                sql.push('\n');
-                sql.push_str(DEDUP_TABLE_SETTING);
-            }
-            let what = sql
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_end_matches(" (")
-                .to_string();
-            self.run(&what, classify_ddl, self.client.query_raw(&sql).execute())
-                .await?;
-        }
+        let mut statements = statements(
+            SCHEMA,
+            &quote(&self.database),
+            &quote(&self.table),
+            version.dimension(),
+        )
+        .into_iter();
+        let (Some(create_db), Some(create_table)) = (statements.next(), statements.next()) else {
+            return Err(SinkError::permanent(
+                NAME,
+                "schema/clickhouse.sql lacks its two statements",
+            ));
+        };
+        self.ddl(&create_db).await?;
+        self.upgrade(version).await?;
+        self.ddl(&self.with_settings(version, create_table)).await?;
         if version.deduplicates() {
             // CREATE TABLE IF NOT EXISTS leaves a table made by an older server as it is.
             let sql = format!(
@@ -341,6 +404,147 @@ impl ClickhouseSink {
             }
         }
         Ok(())
+    }
+
+    /// `CREATE TABLE` with the table settings this server needs.
+    fn with_settings(&self, version: ServerVersion, mut create_table: String) -> String {
+        if version.deduplicates() {
+            create_table.push('\n');
+            create_table.push_str(DEDUP_TABLE_SETTING);
+        }
+        create_table
+    }
+
+    /// Runs one DDL statement, named in errors by its first line.
+    async fn ddl(&self, sql: &str) -> Result<(), SinkError> {
+        let what = sql
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches(" (")
+            .to_string();
+        self.run(&what, classify_ddl, self.client.query_raw(sql).execute())
+            .await
+    }
+
+    /// The column names of `table` in the configured database (none when it does not exist).
+    async fn columns(&self, table: &str) -> Result<Vec<String>, SinkError> {
+        let sql = format!(
+            "SELECT name FROM system.columns WHERE database = {} AND table = {}",
+            literal(&self.database),
+            literal(table)
+        );
+        self.run(
+            "reading system.columns",
+            classify_ddl,
+            self.client.query_raw(&sql).fetch_all(),
+        )
+        .await
+    }
+
+    /// The sums of `table` (a name in the configured database).
+    async fn sums(&self, table: &str) -> Result<Sums, SinkError> {
+        let sql = format!(
+            "SELECT sum(requests), sum(impressions), sum(clicks) FROM {}.{}",
+            quote(&self.database),
+            quote(table)
+        );
+        self.run_within(
+            COPY_TIMEOUT,
+            &format!("summing {table}"),
+            classify_ddl,
+            self.client.query_raw(&sql).fetch_one(),
+        )
+        .await
+    }
+
+    /// Upgrades a table of release 0.1.0, or finishes an interrupted upgrade (module doc).
+    async fn upgrade(&self, version: ServerVersion) -> Result<(), SinkError> {
+        let db = quote(&self.database);
+        let staged = format!("{}_upgrade", self.table);
+        let backup = format!("{}_0_1_0", self.table);
+        let (q_staged, q_backup) = (
+            format!("{db}.{}", quote(&staged)),
+            format!("{db}.{}", quote(&backup)),
+        );
+        let is_new = |columns: &[String]| columns.iter().any(|c| c == "placement");
+        let current = self.columns(&self.table).await?;
+        if is_new(&current) {
+            if !self.columns(&backup).await?.is_empty() {
+                tracing::warn!(
+                    backup = %q_backup,
+                    "clickhouse: a table left by an interrupted upgrade, kept because its rows \
+                     could not be checked against {}; compare and drop it", self.qualified
+                );
+            }
+            return Ok(());
+        }
+        if current.is_empty() {
+            // Stopped between the two renames: the complete copy waits under its staging name.
+            if is_new(&self.columns(&staged).await?) && !self.columns(&backup).await?.is_empty() {
+                let copied = self.sums(&staged).await?;
+                self.ddl(&format!("RENAME TABLE {q_staged} TO {}", self.qualified))
+                    .await?;
+                self.drop_backup_if(&backup, &copied).await?;
+            }
+            return Ok(());
+        }
+        self.ddl(&format!("DROP TABLE IF EXISTS {q_staged}"))
+            .await?;
+        let create = statements(SCHEMA, &db, &quote(&staged), version.dimension())
+            .into_iter()
+            .nth(1)
+            .unwrap_or_default();
+        self.ddl(&self.with_settings(version, create)).await?;
+        let copy = format!(
+            "INSERT INTO {q_staged} (ts, country, os, browser, device, campaign_id, placement, \
+             creative_id, requests, impressions, viewables, clicks) \
+             SELECT ts, country, os, browser, device, campaign_id, '', 0, requests, impressions, 0, clicks \
+             FROM {}",
+            self.qualified
+        );
+        self.run_within(
+            COPY_TIMEOUT,
+            "copying the rows of release 0.1.0",
+            classify_ddl,
+            self.client.query_raw(&copy).execute(),
+        )
+        .await?;
+        let (old, copied) = (self.sums(&self.table).await?, self.sums(&staged).await?);
+        if old != copied {
+            return Err(SinkError::transient(
+                NAME,
+                format!(
+                    "upgrading {}: the copy sums {copied:?}, the table {old:?} (written to during \
+                     the copy?); stop its writers and run rotator migrate again",
+                    self.qualified
+                ),
+            ));
+        }
+        self.ddl(&format!(
+            "RENAME TABLE {} TO {q_backup}, {q_staged} TO {}",
+            self.qualified, self.qualified
+        ))
+        .await?;
+        self.drop_backup_if(&backup, &copied).await?;
+        tracing::info!(table = %self.qualified, "clickhouse: statistics table upgraded to placements and creatives");
+        Ok(())
+    }
+
+    /// Drops the old table once its sums are still `copied`; otherwise keeps it and says so.
+    async fn drop_backup_if(&self, backup: &str, copied: &Sums) -> Result<(), SinkError> {
+        let q_backup = format!("{}.{}", quote(&self.database), quote(backup));
+        let now = self.sums(backup).await?;
+        if now == *copied {
+            self.ddl(&format!("DROP TABLE {q_backup}")).await
+        } else {
+            tracing::warn!(
+                backup = %q_backup,
+                "clickhouse: rows were written to the old table during the upgrade (sums {now:?}, \
+                 copied {copied:?}); it is kept: move the difference into {} and drop it", self.qualified
+            );
+            Ok(())
+        }
     }
 
     /// Writes `batch` in one `INSERT`. Exactly once on 22.2+, at least once before (module doc).
@@ -369,8 +573,11 @@ impl ClickhouseSink {
                         browser: &r.browser,
                         device: &r.device,
                         campaign_id: r.campaign_id,
+                        placement: &r.placement,
+                        creative_id: r.creative_id,
                         requests: r.requests,
                         impressions: r.impressions,
+                        viewables: r.viewables,
                         clicks: r.clicks,
                     })
                     .await?;
@@ -401,7 +608,8 @@ impl ClickhouseSink {
             format!("[{}]", query.by.join(", "))
         };
         let sql = format!(
-            "SELECT {group} AS g, req, imp FROM (SELECT {select}sum(requests) AS req, sum(impressions) AS imp \
+            "SELECT {group} AS g, req, imp, vie, clk FROM (SELECT {select}sum(requests) AS req, \
+             sum(impressions) AS imp, sum(viewables) AS vie, sum(clicks) AS clk \
              FROM {table} WHERE ts >= toDateTime({from}) AND ts < toDateTime({to}){group_by})",
             table = self.qualified,
             from = query.from,
@@ -416,6 +624,8 @@ impl ClickhouseSink {
                 group: l.g,
                 requests: l.req,
                 impressions: l.imp,
+                viewables: l.vie,
+                clicks: l.clk,
             })
             .collect())
     }
@@ -474,7 +684,7 @@ mod tests {
 
     #[test]
     fn schema_statements_are_split_and_filled() {
-        let s = statements(SCHEMA, &quote("db"), &quote("t`x"));
+        let s = statements(SCHEMA, &quote("db"), &quote("t`x"), "String");
         assert_eq!(s.len(), 2, "{s:?}");
         assert_eq!(s[0], "CREATE DATABASE IF NOT EXISTS `db`");
         assert!(
@@ -483,7 +693,9 @@ mod tests {
             s[1]
         );
         assert!(
-            s[1].ends_with("ORDER BY (ts, country, os, browser, device, campaign_id)"),
+            s[1].ends_with(
+                "ORDER BY (ts, country, os, browser, device, campaign_id, placement, creative_id)"
+            ),
             "{}",
             s[1]
         );
