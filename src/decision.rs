@@ -220,6 +220,8 @@ impl Decider {
                 browser: visitor.agent.browser,
                 device: visitor.agent.device,
                 campaign_id,
+                placement: crate::visitor::symbol::Sym::EMPTY,
+                creative_id: 0,
             });
         }
         self.metrics.observe_decision(

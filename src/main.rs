@@ -78,7 +78,7 @@ enum Command {
         /// End (exclusive), RFC 3339 or Unix seconds (default now).
         #[arg(long)]
         to: Option<String>,
-        /// Group by, comma-separated: campaign, country, browser, os, device.
+        /// Group by, comma-separated: campaign, country, browser, os, device, placement, creative.
         #[arg(long, value_delimiter = ',')]
         by: Vec<String>,
         /// Output format.

@@ -11,6 +11,7 @@ mod server;
 mod sinks;
 mod stats;
 mod support;
+mod upgrade;
 mod user_agents;
 
 /// Counts allocations per thread, for `allocations`; otherwise the system allocator.
