@@ -47,6 +47,8 @@ fn only_get_or_head(req: &Request<Incoming>) -> Option<Response<Body>> {
 pub struct AdRoutes {
     /// Makes the decisions.
     pub decider: Arc<Decider>,
+    /// Counts the tracking URLs' events.
+    pub tracker: Arc<crate::tracking::Tracker>,
 }
 
 impl Handler for AdRoutes {
@@ -61,7 +63,8 @@ impl Handler for AdRoutes {
         let response = match (only_get_or_head(req), route) {
             (Some(refused), _) => refused,
             (None, Route::Ad) => self.ad(req, peer),
-            (None, Route::Other) => text(StatusCode::NOT_FOUND, "not found\n"),
+            (None, Route::Other) => super::tracking::answer(&self.tracker, &self.decider, req)
+                .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")),
         };
         self.decider
             .metrics
