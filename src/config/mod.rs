@@ -631,6 +631,38 @@ mod tests {
         }
     }
 
+    /// Issue 10, item 4: `[tracking]` defaults, paths beside the file, checked lifetimes.
+    #[test]
+    fn issue10_tracking_section() {
+        let c = load("", &[]).unwrap();
+        assert!(c.tracking.secret_file.ends_with("data/tracking.key"));
+        assert!(c.tracking.secret_file.is_absolute());
+        assert_eq!(c.tracking.impression_ttl, Duration::from_secs(3600));
+        assert_eq!(c.tracking.click_ttl, Duration::from_secs(86_400));
+        let c = load(
+            "[tracking]\nclick_ttl = \"2d\"\n",
+            &[(
+                "ROTATOR_TRACKING_PREVIOUS_SECRET_FILES",
+                "old.key,/keys/older.key",
+            )],
+        )
+        .unwrap();
+        assert_eq!(c.tracking.click_ttl, Duration::from_secs(2 * 86_400));
+        assert!(c.tracking.previous_secret_files[0].ends_with("old.key"));
+        assert!(c.tracking.previous_secret_files[0].is_absolute());
+        assert_eq!(
+            c.tracking.previous_secret_files[1],
+            Path::new("/keys/older.key")
+        );
+        let err = |text: &str| load(text, &[]).unwrap_err().to_string();
+        assert!(
+            err("[tracking]\nimpression_ttl = \"30s\"\n").contains("[tracking] impression_ttl")
+        );
+        assert!(err("[tracking]\nclick_ttl = \"31d\"\n").contains("[tracking] click_ttl"));
+        assert!(err("[tracking]\nseen_max_entries = 0\n").contains("seen_max_entries"));
+        assert!(err("[tracking]\npublic_url = \"ads.example\"\n").contains("public_url"));
+    }
+
     #[test]
     fn wide_trusted_proxies_are_doubted() {
         for wide in [

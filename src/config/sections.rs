@@ -308,8 +308,10 @@ pub struct TrackingConfig {
     pub click_ttl: Duration,
     /// Journal of the events already counted, so a replay after a restart is not counted again.
     pub seen_file: PathBuf,
-    /// Most events remembered as counted (24 to 48 bytes of memory each); when full, new
-    /// events are not counted (never double-counted) until older ones expire.
+    /// Most events remembered as counted (about 35 bytes of memory each, 24 to 48). Every
+    /// impression is remembered for `click_ttl` (its click may come that late), so size it as
+    /// (impressions + viewables + clicks per second) × `click_ttl`. When full, new events are not
+    /// counted (never double-counted) until older ones expire.
     pub seen_max_entries: u64,
     /// Base URL put into tracking URLs and tags, e.g. `https://ads.example`; empty = derived from
     /// the request's `Host` header, scheme http.
@@ -324,7 +326,7 @@ impl Default for TrackingConfig {
             impression_ttl: Duration::from_secs(3600),
             click_ttl: Duration::from_secs(86_400),
             seen_file: "data/tracking-seen".into(),
-            seen_max_entries: 2_000_000,
+            seen_max_entries: 10_000_000,
             public_url: String::new(),
         }
     }

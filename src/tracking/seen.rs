@@ -219,14 +219,15 @@ impl Seen {
             path: path.to_path_buf(),
             source,
         };
-        let mut bytes = Vec::new();
-        match File::open(path) {
-            Ok(mut f) => f.read_to_end(&mut bytes).map_err(io)?,
+        let mut reader = match File::open(path) {
+            Ok(f) => std::io::BufReader::with_capacity(1 << 20, f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(io(e)),
         };
-        let Some(records) = bytes.strip_prefix(MAGIC) else {
-            if !bytes.is_empty() {
+        let mut magic = [0; MAGIC.len()];
+        let got = read_full(&mut reader, &mut magic).map_err(io)?;
+        if got < MAGIC.len() || &magic != MAGIC {
+            if got > 0 {
                 let aside = path.with_extension("unreadable");
                 std::fs::rename(path, &aside).map_err(io)?;
                 tracing::warn!(
@@ -237,10 +238,23 @@ impl Seen {
                 );
             }
             return Ok(0);
-        };
+        }
         let mut read = 0;
         let mut full = 0;
-        for r in records.chunks_exact(RECORD) {
+        let mut r = [0; RECORD];
+        loop {
+            match read_full(&mut reader, &mut r).map_err(io)? {
+                RECORD => {}
+                0 => break,
+                _ => {
+                    tracing::warn!(
+                        "{}: last record incomplete (the process was killed while writing); \
+                         ignored",
+                        path.display()
+                    );
+                    break;
+                }
+            }
             read += 1;
             let Some(kind) = EventKind::from_index(r[12]) else {
                 continue;
@@ -258,12 +272,6 @@ impl Seen {
                 continue;
             }
             shard.live.insert(entry, expires);
-        }
-        if records.len() % RECORD != 0 {
-            tracing::warn!(
-                "{}: last record incomplete (the process was killed while writing); ignored",
-                path.display()
-            );
         }
         if full > 0 {
             tracing::warn!(
@@ -360,6 +368,20 @@ impl Seen {
             }
         }
     }
+}
+
+/// Reads until `buf` is full or the end of the file; returns the bytes read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 fn append(file: &mut File, records: &[[u8; RECORD]]) -> std::io::Result<()> {
