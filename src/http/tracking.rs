@@ -60,16 +60,10 @@ pub fn answer(
 }
 
 /// Where a click on the ad `claims` names goes: its creative's landing page in the current
-/// catalogue; `None` when the campaign is gone (the caller sends `default_url`).
+/// catalogue; `None` when the creative is gone (the caller sends `default_url`).
 fn landing(catalogue: &Catalogue, claims: &Claims) -> Option<HeaderValue> {
-    // Until the catalogue knows creatives: the campaign's URL, which a creative's `click_url`
-    // defaults to. With creatives: `catalogue.creative(claims.creative_id)` and its
-    // `click_location`.
-    catalogue
-        .campaigns()
-        .iter()
-        .find(|c| c.id == claims.campaign_id)
-        .map(|c| c.location.clone())
+    let (_, creative) = catalogue.creative(claims.creative_id)?;
+    Some(creative.click_location.clone())
 }
 
 fn status(code: StatusCode, body: &'static str) -> Response<Body> {
