@@ -12,6 +12,9 @@ use rotator::visitor::user_agent::Device;
 
 use crate::harness::{Server, config, report_json, request, seed_campaigns, temp_dir};
 
+/// Creative 201's `click_url` in the test's campaigns.
+const LANDING: &str = "https://google.com/landing";
+
 /// The value of `rotator_tracking_events_total{kind, outcome}`.
 fn events(s: &Server, kind: &str, outcome: &str) -> u64 {
     let text = request(s.metrics.unwrap(), "GET", "/metrics", &[]).body;
@@ -32,13 +35,24 @@ fn signer(dir: &Path) -> Signer {
     .unwrap()
 }
 
-/// A token of `kind` for campaign 2 (google.com), creative 201, placement `top-banner`.
+/// A token of `kind` for campaign 2, creative 201, placement `top-banner`.
 fn token(signer: &Signer, id: [u8; 12], kind: EventKind, issued: u32, expires: u32) -> String {
+    token_for(signer, 201, id, kind, issued, expires)
+}
+
+fn token_for(
+    signer: &Signer,
+    creative_id: u32,
+    id: [u8; 12],
+    kind: EventKind,
+    issued: u32,
+    expires: u32,
+) -> String {
     signer.sign(&Claims {
         id,
         kind,
         campaign_id: 2,
-        creative_id: 201,
+        creative_id,
         placement: Sym::intern("top-banner"),
         issued,
         expires,
@@ -53,7 +67,13 @@ fn token(signer: &Signer, id: [u8; 12], kind: EventKind, issued: u32, expires: u
 fn issue10_tracking_urls_count_once_across_restarts() {
     let dir = temp_dir("tracking");
     let cfg = config("", "[stats]\nflush_interval = \"200ms\"\n");
-    let s = Server::start_in(&dir, &cfg, &seed_campaigns());
+    // The landing page is the creative's own, not the campaign's URL.
+    let campaigns = seed_campaigns().replace(
+        "id = 201\n",
+        "id = 201\nclick_url = \"https://google.com/landing\"\n",
+    );
+    assert!(campaigns.contains("/landing"));
+    let s = Server::start_in(&dir, &cfg, &campaigns);
     let key = dir.join("data/tracking.key");
     let mode = std::fs::metadata(&key).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "key created private");
@@ -78,7 +98,7 @@ fn issue10_tracking_urls_count_once_across_restarts() {
     // A click before its impression: redirected, not counted.
     let r = get(&s, "GET", &format!("/v1/c/{click}"));
     assert_eq!(r.status, 302);
-    assert_eq!(r.header("location"), Some("https://google.com"));
+    assert_eq!(r.header("location"), Some(LANDING));
     assert_eq!(r.header("cache-control"), Some("no-store"));
 
     // HEAD counts nothing.
@@ -93,10 +113,7 @@ fn issue10_tracking_urls_count_once_across_restarts() {
         assert_eq!(r.header("access-control-allow-origin"), Some("*"));
     }
     let r = get(&s, "GET", &format!("/v1/c/{click}"));
-    assert_eq!(
-        (r.status, r.header("location")),
-        (302, Some("https://google.com"))
-    );
+    assert_eq!((r.status, r.header("location")), (302, Some(LANDING)));
     assert_eq!(get(&s, "GET", &format!("/v1/c/{click}")).status, 302);
 
     // Expired: not counted; the click still goes to the landing page.
@@ -105,9 +122,14 @@ fn issue10_tracking_urls_count_once_across_restarts() {
     assert_eq!(get(&s, "GET", &format!("/v1/i/{expired}")).status, 204);
     let expired = token(&signer, old, EventKind::Click, now - 7200, now - 3600);
     let r = get(&s, "GET", &format!("/v1/c/{expired}"));
+    assert_eq!((r.status, r.header("location")), (302, Some(LANDING)));
+
+    // A creative no longer in the campaigns: default_url, never a URL from the request.
+    let gone = token_for(&signer, 999, old, EventKind::Click, now, now + 60);
+    let r = get(&s, "GET", &format!("/v1/c/{gone}"));
     assert_eq!(
         (r.status, r.header("location")),
-        (302, Some("https://google.com"))
+        (302, Some("https://default.example"))
     );
 
     // An impression token is not a click token.
@@ -119,7 +141,7 @@ fn issue10_tracking_urls_count_once_across_restarts() {
         ("impression", "head", 1),
         ("impression", "expired", 1),
         ("impression", "bad_signature", 1),
-        ("click", "no_impression", 1),
+        ("click", "no_impression", 2),
         ("click", "counted", 1),
         ("click", "duplicate", 1),
         ("click", "expired", 1),
