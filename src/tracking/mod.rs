@@ -12,9 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use hyper::header::HeaderValue;
+use hyper::http::uri::Authority;
+
 use crate::config::TrackingConfig;
 use crate::metrics::Metrics;
 use crate::stats::aggregator::{Aggregator, Counts, RowKey, current_minute};
+use crate::visitor::Visitor;
+use crate::visitor::symbol::Sym;
 
 pub mod keys;
 pub mod seen;
@@ -116,6 +121,43 @@ pub struct Tokens {
     pub click: String,
 }
 
+/// The absolute tracking URLs of one decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Urls {
+    /// `{base}/v1/i/{token}`.
+    pub impression_url: String,
+    /// `{base}/v1/v/{token}`.
+    pub viewable_url: String,
+    /// `{base}/v1/c/{token}`.
+    pub click_url: String,
+}
+
+impl Claims {
+    /// The claims of a new decision made now (Unix seconds `now`) for `visitor`: a fresh random
+    /// id; [`Tracker::tokens`] sets each token's kind and expiry.
+    pub fn for_decision(
+        visitor: &Visitor,
+        campaign_id: u32,
+        creative_id: u32,
+        placement: Sym,
+        now: u32,
+    ) -> Claims {
+        Claims {
+            id: new_id(),
+            kind: EventKind::Impression,
+            campaign_id,
+            creative_id,
+            placement,
+            issued: now,
+            expires: now,
+            country: visitor.country,
+            os: visitor.agent.os,
+            browser: visitor.agent.browser,
+            device: visitor.agent.device,
+        }
+    }
+}
+
 /// Signs and counts tracking events.
 pub struct Tracker {
     signer: Signer,
@@ -124,6 +166,8 @@ pub struct Tracker {
     metrics: Arc<Metrics>,
     impression_ttl: u32,
     click_ttl: u32,
+    /// `[tracking] public_url` without a trailing `/`; empty: from the request's `Host`.
+    public_url: String,
     /// When the last "memory full" warning was logged (Unix seconds): one per minute at most.
     warned_full: AtomicU32,
 }
@@ -177,6 +221,7 @@ impl Tracker {
             metrics,
             impression_ttl: secs(config.impression_ttl),
             click_ttl: secs(config.click_ttl),
+            public_url: config.public_url.trim_end_matches('/').to_string(),
             warned_full: AtomicU32::new(0),
         }
     }
@@ -202,6 +247,28 @@ impl Tracker {
                 .signer
                 .sign(&with(EventKind::Viewable, self.impression_ttl)),
             click: self.signer.sign(&with(EventKind::Click, self.click_ttl)),
+        }
+    }
+
+    /// The base of tracking URLs for a request with `Host` header `host`: `[tracking]
+    /// public_url` when set, else `http://` and the host when it is a valid `host[:port]`
+    /// (anything else could inject text into URLs and pages), else `None`.
+    pub fn base_url(&self, host: Option<&HeaderValue>) -> Option<String> {
+        if !self.public_url.is_empty() {
+            return Some(self.public_url.clone());
+        }
+        let authority = Authority::try_from(host?.as_bytes()).ok()?;
+        let plain = !authority.as_str().contains('@') && !authority.host().is_empty();
+        plain.then(|| format!("http://{authority}"))
+    }
+
+    /// The absolute tracking URLs of `decision` under `base` (see [`Tracker::base_url`]).
+    pub fn urls(&self, base: &str, decision: &Claims) -> Urls {
+        let t = self.tokens(decision);
+        Urls {
+            impression_url: format!("{base}/v1/i/{}", t.impression),
+            viewable_url: format!("{base}/v1/v/{}", t.viewable),
+            click_url: format!("{base}/v1/c/{}", t.click),
         }
     }
 
@@ -447,6 +514,54 @@ mod tests {
             Outcome::Counted
         );
         assert_eq!(totals(&stats), [0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn base_url_from_config_or_a_valid_host() {
+        let (t, _) = tracker(10);
+        let host = |h: &'static str| t.base_url(Some(&HeaderValue::from_static(h)));
+        assert_eq!(
+            host("ads.example:8080"),
+            Some("http://ads.example:8080".into())
+        );
+        assert_eq!(host("[::1]:80"), Some("http://[::1]:80".into()));
+        for bad in [
+            "evil.example/x",
+            "a b",
+            "user@evil.example",
+            "",
+            "\"><script>",
+        ] {
+            assert_eq!(host(bad), None, "{bad:?}");
+        }
+        assert_eq!(t.base_url(None), None);
+        let config = TrackingConfig {
+            public_url: "https://ads.example/".into(),
+            ..TrackingConfig::default()
+        };
+        let t = Tracker::new(
+            Signer::from_keys(&[3; 32], &[]).unwrap(),
+            Arc::new(Seen::new(10)),
+            &config,
+            None,
+            Metrics::new(),
+        );
+        assert_eq!(host_of(&t, "x"), Some("https://ads.example".into()));
+        let urls = t.urls("https://ads.example", &decision(now()));
+        let token = urls
+            .click_url
+            .strip_prefix("https://ads.example/v1/c/")
+            .unwrap();
+        assert_eq!(
+            t.event(EventKind::Click, token, true, now()).outcome,
+            Outcome::Head
+        );
+        assert!(urls.impression_url.starts_with("https://ads.example/v1/i/"));
+        assert!(urls.viewable_url.starts_with("https://ads.example/v1/v/"));
+    }
+
+    fn host_of(t: &Tracker, h: &'static str) -> Option<String> {
+        t.base_url(Some(&HeaderValue::from_static(h)))
     }
 
     #[test]
