@@ -24,7 +24,7 @@ use rotator::stats::Stats;
 use rotator::stats::aggregator::Aggregator;
 use rotator::stats::report::{self, Format, ReportQuery};
 use rotator::stats::sinks::Sink;
-use rotator::tracking::Tracker;
+use rotator::tracking::{Signer, Tracker};
 use rotator::visitor::geoip::{self, GeoIp, GeoIpHandle};
 use rotator::visitor::user_agent::UserAgentParser;
 
@@ -363,6 +363,17 @@ fn check(path: Option<&Path>) -> Result<()> {
         "stats:     sink {}, flush every {}",
         c.stats.sink.as_str(),
         humantime::format_duration(c.stats.flush_interval)
+    )?;
+    let key_exists = Signer::check(&c.tracking)?;
+    writeln!(
+        out,
+        "tracking:  key {}{}",
+        c.tracking.secret_file.display(),
+        if key_exists {
+            ""
+        } else {
+            " (created at first start)"
+        }
     )?;
     for warning in c.warnings.iter().chain(&catalogue.warnings()) {
         writeln!(out, "warning:   {warning}")?;

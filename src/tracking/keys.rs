@@ -64,6 +64,24 @@ impl Signer {
         Signer::from_keys(&current, &previous)
     }
 
+    /// Checks the key files without creating any (`rotator check`): an existing `secret_file`
+    /// and every `previous_secret_files` must hold a usable key. Returns whether `secret_file`
+    /// exists.
+    pub fn check(config: &TrackingConfig) -> Result<bool, TrackingError> {
+        for p in &config.previous_secret_files {
+            read_key(p)?;
+        }
+        match read_key(&config.secret_file) {
+            Ok(_) => Ok(true),
+            Err(TrackingError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// A signer over keys already in memory (tests, benchmarks).
     pub fn from_keys(current: &[u8], previous: &[&[u8]]) -> Result<Signer, TrackingError> {
         let current = Key::new(current)?;
@@ -394,7 +412,13 @@ mod tests {
     fn short_or_missing_key_files_are_refused_with_the_reason() {
         let d = dir("short");
         std::fs::create_dir_all(d.join("data")).unwrap();
+        assert!(
+            !Signer::check(&config(&d, &[])).unwrap(),
+            "missing: created at start"
+        );
         std::fs::write(d.join("data/tracking.key"), b"secret\n").unwrap();
+        let err = Signer::check(&config(&d, &[])).unwrap_err().to_string();
+        assert!(err.contains("holds 7 bytes"), "{err}");
         let err = Signer::load(&config(&d, &[])).err().unwrap().to_string();
         assert!(
             err.contains("holds 7 bytes") && err.contains("at least 32"),

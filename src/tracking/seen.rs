@@ -43,6 +43,8 @@ const RECORD: usize = 17;
 /// Journal size above which it is rewritten with only the live entries (besides at start), as a
 /// multiple of the live entries' size.
 const COMPACT_FACTOR: u64 = 4;
+/// Every how many writer rounds (about seconds) expired entries are dropped from memory.
+const PURGE_ROUNDS: u64 = 60;
 /// How often a full shard may scan itself for expired entries.
 const PURGE_EVERY_SECS: u32 = 1;
 
@@ -323,7 +325,9 @@ impl Seen {
     fn write_loop(&self, mut file: File, path: &Path, stopped: &mpsc::Receiver<()>) {
         let mut journal_bytes = file.metadata().map_or(0, |m| m.len());
         let mut failing = false;
+        let mut rounds: u64 = 0;
         loop {
+            rounds += 1;
             let stop = !matches!(
                 stopped.recv_timeout(WRITE_INTERVAL),
                 Err(RecvTimeoutError::Timeout)
@@ -351,6 +355,9 @@ impl Seen {
             }
             if stop {
                 return;
+            }
+            if rounds.is_multiple_of(PURGE_ROUNDS) {
+                self.purge(super::now());
             }
             let live = self.len() as u64 * RECORD as u64;
             if journal_bytes > (COMPACT_FACTOR * live).max(1 << 20) {

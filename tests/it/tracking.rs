@@ -10,7 +10,7 @@ use rotator::visitor::geoip::Country;
 use rotator::visitor::symbol::Sym;
 use rotator::visitor::user_agent::Device;
 
-use crate::harness::{Server, config, report_json, request, seed_campaigns, temp_dir};
+use crate::harness::{Server, config, report_json, request, run, seed_campaigns, temp_dir};
 
 /// Creative 201's `click_url` in the test's campaigns.
 const LANDING: &str = "https://google.com/landing";
@@ -176,5 +176,16 @@ fn issue10_tracking_urls_count_once_across_restarts() {
     assert_eq!(row["impressions"], 1, "{v}");
     assert_eq!(row["clicks"], 1, "{v}");
     assert_eq!(row["requests"], 0, "{v}");
+
+    // `check` reads the key; a key file too short to be a key is refused, saying why.
+    let cfg = dir.join("rotator.toml");
+    let (status, out, err) = run(&["check", "--config", cfg.to_str().unwrap()], None);
+    assert!(
+        status.success() && out.contains("tracking.key\n"),
+        "{out}{err}"
+    );
+    std::fs::write(&key, "secret\n").unwrap();
+    let (status, _, err) = run(&["check", "--config", cfg.to_str().unwrap()], None);
+    assert!(!status.success() && err.contains("holds 7 bytes"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
