@@ -517,6 +517,14 @@ mod tests {
     }
 
     #[test]
+    fn outcomes_are_indexed_in_declaration_order() {
+        // `Metrics::observe_tracking` indexes its series by `outcome as usize`.
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{o:?}");
+        }
+    }
+
+    #[test]
     fn base_url_from_config_or_a_valid_host() {
         let (t, _) = tracker(10);
         let host = |h: &'static str| t.base_url(Some(&HeaderValue::from_static(h)));
