@@ -4,10 +4,11 @@
 //! - An entry is in memory from the moment it is counted until its expiry (the token's, or
 //!   longer for impressions that clicks still ask about); after that, its token no longer counts,
 //!   so forgetting it cannot double-count.
-//! - Memory is bounded by `max_entries` (24 to 48 bytes each: a 17-byte entry in a hash table
-//!   kept between 7/8 and 7/16 full). A full shard first drops its expired entries; if still
-//!   full, a new event is NOT counted ([`Mark::Full`], a metric and a warning): refusing to
-//!   count is preferred to counting twice.
+//! - Memory is bounded by `max_entries` (24 to 48 bytes each, about 35 at the default: a
+//!   20-byte slot and a control byte in a hash table kept between 7/8 and 7/16 full; each shard
+//!   holds `max_entries / 64`). A full shard first drops its expired entries; if still full, a
+//!   new event is NOT counted ([`Mark::Full`]; the tracker counts it as `seen_full` and warns):
+//!   refusing to count is preferred to counting twice.
 //! - Every entry also goes to an append-only journal, written by a background thread every
 //!   [`WRITE_INTERVAL`] and at shutdown, then synced. At start the journal is read (entries
 //!   already expired dropped, a torn last record after a crash ignored) and rewritten compacted.
