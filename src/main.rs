@@ -353,10 +353,22 @@ fn check(path: Option<&Path>) -> Result<()> {
     )?;
     writeln!(
         out,
-        "campaigns: {} ({} campaigns, {} active)",
+        "campaigns: {} ({} campaigns, {} active; {} creatives; {} placements: {})",
         catalogue.source().display(),
         catalogue.campaigns().len(),
-        catalogue.active()
+        catalogue.active(),
+        catalogue
+            .campaigns()
+            .iter()
+            .map(|c| c.creatives.len())
+            .sum::<usize>(),
+        catalogue.placements().len(),
+        catalogue
+            .placements()
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     )?;
     writeln!(
         out,

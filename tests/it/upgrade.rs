@@ -152,8 +152,12 @@ fn spool_batch(dir: &Path, seq: u32, id: &str, rows: &[Stored]) {
 
 /// The 0.1.0 DDL of `sink`, comment lines removed, placeholders replaced, one statement each.
 fn old_schema(sink: &str, replace: &[(&str, &str)]) -> Vec<String> {
-    let text = std::fs::read_to_string(repo().join(format!("tests/data/schema-0.1.0/{sink}.sql")))
-        .unwrap();
+    schema(&format!("tests/data/schema-0.1.0/{sink}.sql"), replace)
+}
+
+/// The DDL in the repository file `path`, comment lines removed, placeholders replaced.
+fn schema(path: &str, replace: &[(&str, &str)]) -> Vec<String> {
+    let text = std::fs::read_to_string(repo().join(path)).unwrap();
     let text: String = text
         .lines()
         .filter(|l| !l.trim_start().starts_with("--"))
@@ -190,12 +194,13 @@ const OLD_COLUMNS: &str =
 /// The whole flow for one sink. `read` returns every row of the statistics table, sorted;
 /// `exactly_once`: whether the sink keeps batch ids (an already-applied id was stored in the
 /// old database as `applied-<run>`).
+/// Returns the folder of the server (its `rotator.toml` names the database).
 fn upgrade_flow(
     tag: &str,
     stats_section: &str,
     exactly_once: bool,
     read: &dyn Fn() -> Vec<Stored>,
-) {
+) -> std::path::PathBuf {
     let dir = temp_dir(tag);
     let cfg = config(
         "",
@@ -275,6 +280,7 @@ fn upgrade_flow(
     }
     assert_eq!(report(&dir), want, "{tag}: report by every column\n{log}");
     assert_every_report(&dir, &want);
+    dir
 }
 
 #[test]
@@ -321,7 +327,7 @@ fn issue10_sqlite_of_release_0_1_0_is_upgraded_with_every_row() {
         rows.sort();
         rows
     };
-    upgrade_flow(
+    let dir = upgrade_flow(
         tag,
         &format!(
             "sink = \"sqlite\"\n[stats.sqlite]\npath = {:?}\n",
@@ -330,6 +336,7 @@ fn issue10_sqlite_of_release_0_1_0_is_upgraded_with_every_row() {
         true,
         &read,
     );
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// Runs `f` to completion on a fresh current-thread runtime.
@@ -405,7 +412,7 @@ fn issue10_mariadb_of_release_0_1_0_is_upgraded_with_every_row() {
     };
     let section = format!("sink = \"mysql\"\n[stats.mysql]\nurl = {url:?}\ntable = {table:?}\n");
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        upgrade_flow(&tag, &section, true, &read)
+        std::fs::remove_dir_all(upgrade_flow(&tag, &section, true, &read)).unwrap();
     }));
     block_on(async {
         let mut c = conn().await;
@@ -460,7 +467,35 @@ fn issue10_clickhouse_of_release_0_1_0_is_upgraded_with_every_row() {
             .execute()
             .await
             .unwrap();
+        // Left by an upgrade that stopped during the copy: dropped and redone.
+        let staged = schema(
+            "schema/clickhouse.sql",
+            &[
+                ("{db}", &db),
+                ("{table}", "stats_upgrade"),
+                ("{dim}", "String"),
+            ],
+        );
+        client.query(&staged[1]).execute().await.unwrap();
+        client
+            .query(&format!(
+                "INSERT INTO {db}.stats_upgrade (ts, campaign_id, requests) VALUES (toDateTime({}), 99, 1)",
+                minute_ago(120)
+            ))
+            .execute()
+            .await
+            .unwrap();
     });
+    let tables = || -> Vec<String> {
+        block_on(
+            client
+                .query(&format!(
+                    "SELECT name FROM system.tables WHERE database = '{db}' ORDER BY name"
+                ))
+                .fetch_all(),
+        )
+        .unwrap()
+    };
     let read = || -> Vec<Stored> {
         block_on(async {
             // Grouped: SummingMergeTree merges rows of one key whenever it likes.
@@ -496,17 +531,34 @@ fn issue10_clickhouse_of_release_0_1_0_is_upgraded_with_every_row() {
     let section =
         format!("sink = \"clickhouse\"\n[stats.clickhouse]\nurl = {url:?}\ndatabase = {db:?}\n");
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        upgrade_flow("upgrade-clickhouse", &section, false, &read);
+        let dir = upgrade_flow("upgrade-clickhouse", &section, false, &read);
         // Nothing left of the swap: only the upgraded table.
-        let tables: Vec<String> = block_on(
-            client
-                .query(&format!(
-                    "SELECT name FROM system.tables WHERE database = '{db}' ORDER BY name"
-                ))
-                .fetch_all(),
-        )
-        .unwrap();
-        assert_eq!(tables, ["stats"]);
+        assert_eq!(tables(), ["stats"]);
+
+        // Stopped between the two renames: no `stats`, the old table already renamed, the
+        // complete copy under its staging name. The next migrate finishes the swap.
+        let before = read();
+        block_on(async {
+            for sql in [
+                format!("RENAME TABLE {db}.stats TO {db}.stats_upgrade"),
+                old_schema("clickhouse", &[("{db}", &db), ("{table}", "stats_0_1_0")])[1].clone(),
+                format!(
+                    "INSERT INTO {db}.stats_0_1_0 {OLD_COLUMNS} SELECT ts, country, os, browser, device, \
+                     campaign_id, requests, impressions, clicks FROM {db}.stats_upgrade"
+                ),
+            ] {
+                client.query(&sql).execute().await.unwrap();
+            }
+        });
+        let config_path = dir.join("rotator.toml");
+        let (status, out, err) = run(
+            &["migrate", "--config", config_path.to_str().unwrap()],
+            None,
+        );
+        assert!(status.success(), "rotator migrate: {out}\n{err}");
+        assert_eq!(tables(), ["stats"], "{err}");
+        assert_eq!(read(), before, "after finishing an interrupted swap");
+        std::fs::remove_dir_all(dir).unwrap();
     }));
     block_on(async {
         if let Err(e) = client

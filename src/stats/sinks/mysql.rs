@@ -15,7 +15,7 @@
 
 //!
 //! Upgrade: a table of release 0.1.0 (no `placement` column in `information_schema.COLUMNS`) gets
-//! the new columns and primary key from `migrate` in **one** `ALTER TABLE` ([`UPGRADE_0_1_0`]), which
+//! the new columns and primary key from `migrate` in **one** `ALTER TABLE` (`UPGRADE_0_1_0`), which
 //! InnoDB applies whole or not at all; old rows get placement `''`, creative 0, viewables 0.
 //! `rotator_batches` is not touched, so batch ids stay exactly-once across the upgrade.
 
