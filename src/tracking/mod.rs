@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hyper::header::HeaderValue;
+use hyper::HeaderMap;
+use hyper::header::HOST;
 use hyper::http::uri::Authority;
 
 use crate::config::TrackingConfig;
+use crate::decision::SlotWin;
 use crate::metrics::Metrics;
 use crate::stats::aggregator::{Aggregator, Counts, RowKey, current_minute};
 use crate::visitor::Visitor;
@@ -125,11 +127,11 @@ pub struct Tokens {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Urls {
     /// `{base}/v1/i/{token}`.
-    pub impression_url: String,
+    pub impression: String,
     /// `{base}/v1/v/{token}`.
-    pub viewable_url: String,
+    pub viewable: String,
     /// `{base}/v1/c/{token}`.
-    pub click_url: String,
+    pub click: String,
 }
 
 impl Claims {
@@ -250,25 +252,49 @@ impl Tracker {
         }
     }
 
-    /// The base of tracking URLs for a request with `Host` header `host`: `[tracking]
-    /// public_url` when set, else `http://` and the host when it is a valid `host[:port]`
-    /// (anything else could inject text into URLs and pages), else `None`.
-    pub fn base_url(&self, host: Option<&HeaderValue>) -> Option<String> {
+    /// The base of tracking URLs for a request with `headers` (`trusted`: the peer is a trusted
+    /// proxy): `[tracking] public_url` when set; else `http://` and the `Host` header, where a
+    /// trusted proxy's `X-Forwarded-Host` and `X-Forwarded-Proto: https` are believed. A host
+    /// that is not a plain `host[:port]` (anything else could inject text into URLs and pages)
+    /// gives `""`: URLs relative to this server.
+    pub fn base_url(&self, headers: &HeaderMap, trusted: bool) -> String {
         if !self.public_url.is_empty() {
-            return Some(self.public_url.clone());
+            return self.public_url.clone();
         }
-        let authority = Authority::try_from(host?.as_bytes()).ok()?;
-        let plain = !authority.as_str().contains('@') && !authority.host().is_empty();
-        plain.then(|| format!("http://{authority}"))
+        let forwarded = |name| trusted.then(|| headers.get(name)).flatten();
+        let host = forwarded("x-forwarded-host")
+            .or_else(|| headers.get(HOST))
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            .filter(|a| !a.as_str().contains('@') && !a.host().is_empty());
+        let https = forwarded("x-forwarded-proto")
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+        match host {
+            Some(host) if https => format!("https://{host}"),
+            Some(host) => format!("http://{host}"),
+            None => String::new(),
+        }
     }
 
-    /// The absolute tracking URLs of `decision` under `base` (see [`Tracker::base_url`]).
-    pub fn urls(&self, base: &str, decision: &Claims) -> Urls {
+    /// The absolute tracking URLs of a new decision: `win` shown to `visitor`, under `base` (see
+    /// [`Tracker::base_url`]).
+    pub fn urls(&self, base: &str, visitor: &Visitor, win: &SlotWin<'_>) -> Urls {
+        let decision = Claims::for_decision(
+            visitor,
+            win.campaign.id,
+            win.creative.id,
+            win.placement.sym,
+            now(),
+        );
+        self.urls_of(base, &decision)
+    }
+
+    /// The absolute tracking URLs of `decision` under `base`.
+    pub fn urls_of(&self, base: &str, decision: &Claims) -> Urls {
         let t = self.tokens(decision);
         Urls {
-            impression_url: format!("{base}/v1/i/{}", t.impression),
-            viewable_url: format!("{base}/v1/v/{}", t.viewable),
-            click_url: format!("{base}/v1/c/{}", t.click),
+            impression: format!("{base}/v1/i/{}", t.impression),
+            viewable: format!("{base}/v1/v/{}", t.viewable),
+            click: format!("{base}/v1/c/{}", t.click),
         }
     }
 
@@ -379,6 +405,8 @@ impl Tracker {
 
 #[cfg(test)]
 mod tests {
+    use hyper::header::HeaderValue;
+
     use super::*;
     use crate::visitor::geoip::Country;
     use crate::visitor::symbol::Sym;
@@ -527,12 +555,18 @@ mod tests {
     #[test]
     fn base_url_from_config_or_a_valid_host() {
         let (t, _) = tracker(10);
-        let host = |h: &'static str| t.base_url(Some(&HeaderValue::from_static(h)));
+        let base = |pairs: &[(&'static str, &'static str)], trusted| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            t.base_url(&h, trusted)
+        };
         assert_eq!(
-            host("ads.example:8080"),
-            Some("http://ads.example:8080".into())
+            base(&[("host", "ads.example:8080")], false),
+            "http://ads.example:8080"
         );
-        assert_eq!(host("[::1]:80"), Some("http://[::1]:80".into()));
+        assert_eq!(base(&[("host", "[::1]:80")], false), "http://[::1]:80");
         for bad in [
             "evil.example/x",
             "a b",
@@ -540,9 +574,17 @@ mod tests {
             "",
             "\"><script>",
         ] {
-            assert_eq!(host(bad), None, "{bad:?}");
+            assert_eq!(base(&[("host", bad)], false), "", "{bad:?}");
         }
-        assert_eq!(t.base_url(None), None);
+        assert_eq!(base(&[], false), "");
+        let proxied = [
+            ("host", "10.0.0.5:8080"),
+            ("x-forwarded-host", "ads.example"),
+            ("x-forwarded-proto", "HTTPS"),
+        ];
+        assert_eq!(base(&proxied, true), "https://ads.example");
+        assert_eq!(base(&proxied, false), "http://10.0.0.5:8080");
+
         let config = TrackingConfig {
             public_url: "https://ads.example/".into(),
             ..TrackingConfig::default()
@@ -554,22 +596,18 @@ mod tests {
             None,
             Metrics::new(),
         );
-        assert_eq!(host_of(&t, "x"), Some("https://ads.example".into()));
-        let urls = t.urls("https://ads.example", &decision(now()));
+        assert_eq!(t.base_url(&HeaderMap::new(), false), "https://ads.example");
+        let urls = t.urls_of("https://ads.example", &decision(now()));
         let token = urls
-            .click_url
+            .click
             .strip_prefix("https://ads.example/v1/c/")
             .unwrap();
         assert_eq!(
             t.event(EventKind::Click, token, true, now()).outcome,
             Outcome::Head
         );
-        assert!(urls.impression_url.starts_with("https://ads.example/v1/i/"));
-        assert!(urls.viewable_url.starts_with("https://ads.example/v1/v/"));
-    }
-
-    fn host_of(t: &Tracker, h: &'static str) -> Option<String> {
-        t.base_url(Some(&HeaderValue::from_static(h)))
+        assert!(urls.impression.starts_with("https://ads.example/v1/i/"));
+        assert!(urls.viewable.starts_with("https://ads.example/v1/v/"));
     }
 
     #[test]
