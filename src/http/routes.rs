@@ -49,6 +49,8 @@ fn only_get_or_head(req: &Request<Incoming>) -> Option<Response<Body>> {
 pub struct AdRoutes {
     /// Makes the decisions.
     pub decider: Arc<Decider>,
+    /// Counts the tracking URLs' events.
+    pub tracker: Arc<crate::tracking::Tracker>,
 }
 
 /// The route of a path on the ad listener.
@@ -74,7 +76,9 @@ impl Handler for AdRoutes {
         let response = match (only_get_or_head(&req), route) {
             (Some(refused), _) => refused,
             (None, Route::Ad) => self.ad(&req, peer),
-            (None, Route::Tracking | Route::Tag | Route::Decisions | Route::Other) => {
+            (None, Route::Tracking) => super::tracking::answer(&self.tracker, &self.decider, &req)
+                .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")),
+            (None, Route::Tag | Route::Decisions | Route::Other) => {
                 text(StatusCode::NOT_FOUND, "not found\n")
             }
         };

@@ -11,6 +11,7 @@ mod server;
 mod sinks;
 mod stats;
 mod support;
+mod tracking;
 mod upgrade;
 mod user_agents;
 
