@@ -1,5 +1,7 @@
-//! HTTP: the connection loop ([`server`]) and what each path answers ([`routes`]).
+//! HTTP: the connection loop ([`server`]) and what each path answers ([`routes`]; the decisions
+//! API in [`decisions`], tracking URLs in [`tracking`]).
 
+pub mod decisions;
 pub mod guarded;
 pub mod routes;
 pub mod server;

@@ -2,6 +2,7 @@
 
 mod allocations;
 mod cli;
+mod decisions;
 mod edge;
 mod full_disk;
 mod harness;
