@@ -11,6 +11,7 @@ use rotator::visitor::symbol::Sym;
 use rotator::visitor::user_agent::Device;
 
 use crate::harness::{Server, config, report_json, request, run, seed_campaigns, temp_dir};
+use crate::server::{CHROME, DE};
 
 /// Creative 201's `click_url` in the test's campaigns.
 const LANDING: &str = "https://google.com/landing";
@@ -116,6 +117,36 @@ fn issue10_tracking_urls_count_once_across_restarts() {
     assert_eq!((r.status, r.header("location")), (302, Some(LANDING)));
     assert_eq!(get(&s, "GET", &format!("/v1/c/{click}")).status, 302);
 
+    // End to end: a decision's own URLs, from POST /v1/decisions (a Chrome visitor in Germany,
+    // through the trusted loopback proxy: campaign 2, creative 201).
+    let body = format!(
+        r#"{{"placements":[{{"div":"top","placement":"top-banner"}}],"ip":"{DE}","ua":"{CHROME}"}}"#
+    );
+    let r = s.post_json("/v1/decisions", &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let d: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let top = &d["decisions"]["top"];
+    assert_eq!(top["creative_id"], 201, "{d}");
+    let path = |field: &str| {
+        let url = top[field].as_str().unwrap();
+        url.strip_prefix("http://test")
+            .unwrap_or_else(|| panic!("{url}"))
+            .to_string()
+    };
+    let (i_path, c_path, v_path) = (
+        path("impression_url"),
+        path("click_url"),
+        path("viewable_url"),
+    );
+    let r = get(&s, "GET", &c_path);
+    assert_eq!((r.status, r.header("location")), (302, Some(LANDING)));
+    for _ in 0..3 {
+        assert_eq!(get(&s, "GET", &i_path).status, 204);
+        assert_eq!(get(&s, "GET", &v_path).status, 204);
+    }
+    assert_eq!(get(&s, "GET", &c_path).status, 302);
+    assert_eq!(get(&s, "GET", &c_path).status, 302);
+
     // Expired: not counted; the click still goes to the landing page.
     let old = new_id();
     let expired = token(&signer, old, EventKind::Impression, now - 7200, now - 3600);
@@ -136,18 +167,20 @@ fn issue10_tracking_urls_count_once_across_restarts() {
     assert_eq!(get(&s, "GET", &format!("/v1/c/{impression}")).status, 400);
 
     for (kind, outcome, n) in [
-        ("impression", "counted", 1),
-        ("impression", "duplicate", 99),
+        ("impression", "counted", 2),
+        ("impression", "duplicate", 101),
         ("impression", "head", 1),
         ("impression", "expired", 1),
         ("impression", "bad_signature", 1),
-        ("click", "no_impression", 2),
-        ("click", "counted", 1),
-        ("click", "duplicate", 1),
+        ("click", "no_impression", 3),
+        ("click", "counted", 2),
+        ("click", "duplicate", 2),
         ("click", "expired", 1),
         ("click", "bad_signature", 1),
         ("click", "malformed", 2),
-        ("viewable", "counted", 0),
+        ("viewable", "counted", 1),
+        ("viewable", "duplicate", 2),
+        ("viewable", "bad_signature", 0),
     ] {
         assert_eq!(events(&s, kind, outcome), n, "{kind} {outcome}");
     }
@@ -173,9 +206,10 @@ fn issue10_tracking_urls_count_once_across_restarts() {
         .find(|r| r["placement"] == "top-banner")
         .unwrap_or_else(|| panic!("no top-banner row in {v}"));
     assert_eq!(row["creative"], "201");
-    assert_eq!(row["impressions"], 1, "{v}");
-    assert_eq!(row["clicks"], 1, "{v}");
-    assert_eq!(row["requests"], 0, "{v}");
+    assert_eq!(row["requests"], 1, "{v}");
+    assert_eq!(row["impressions"], 2, "{v}");
+    assert_eq!(row["viewables"], 1, "{v}");
+    assert_eq!(row["clicks"], 2, "{v}");
 
     // `check` reads the key; a key file too short to be a key is refused, saying why.
     let cfg = dir.join("rotator.toml");
