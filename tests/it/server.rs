@@ -349,18 +349,24 @@ fn hot_reload_on_change_refuses_bad_files_and_reloads_on_sighup() {
         Some("https://changed.example")
     );
 
+    // Written aside and renamed over: an in-place write is a truncation (an empty file, valid)
+    // and then the text, and on a loaded machine the watcher may settle on the empty file.
+    let aside = s.dir.join("campaigns.toml.new");
     std::fs::write(
-        &file,
+        &aside,
         "[[campaign]]\nid = 1\nurl = \"ftp://nope\"\nbid = 1\n",
     )
     .unwrap();
+    std::fs::rename(&aside, &file).unwrap();
     s.wait_for_log(
         "refused, the previous campaigns keep serving",
         Duration::from_secs(10),
     );
     assert_eq!(
         s.ad(US, FIREFOX).header("location"),
-        Some("https://changed.example")
+        Some("https://changed.example"),
+        "{}",
+        s.log()
     );
 
     // A new valid file, then SIGHUP: reloads at once (the log names the cause).
