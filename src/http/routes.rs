@@ -15,6 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::Body;
 use super::server::Handler;
+use super::tags;
 use crate::campaigns::CatalogueHandle;
 use crate::decision::Decider;
 use crate::metrics::{Metrics, Route};
@@ -61,6 +62,7 @@ impl Handler for AdRoutes {
         let response = match (only_get_or_head(req), route) {
             (Some(refused), _) => refused,
             (None, Route::Ad) => self.ad(req, peer),
+            (None, Route::Other) if req.uri().path() == "/v1/tag.js" => tags::tag_js(req.headers()),
             (None, Route::Other) => text(StatusCode::NOT_FOUND, "not found\n"),
         };
         self.decider
