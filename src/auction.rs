@@ -374,4 +374,77 @@ targeting = { browsers = ["Firefox"] }
             e.excluded
         );
     }
+
+    /// Issue 10: a slot's auction is among the campaigns with a creative that fits the placement
+    /// and that target it (or any placement); a campaign already holding a slot of the request
+    /// is skipped while another is eligible.
+    #[test]
+    fn placement_auctions() {
+        let c = catalogue(
+            r#"
+[[placement]]
+id = "top"
+sizes = ["728x90"]
+[[placement]]
+id = "side"
+[[campaign]]
+id = 1
+url = "https://a.b"
+bid = 9
+[[campaign]]
+id = 2
+url = "https://a.b"
+bid = 5
+placements = ["side"]
+[[campaign.creative]]
+id = 21
+kind = "image"
+size = "728x90"
+image_url = "https://a.b/21.png"
+[[campaign]]
+id = 3
+url = "https://a.b"
+bid = 3
+[[campaign.creative]]
+id = 31
+kind = "html"
+size = "728x90"
+html = "<b>3</b>"
+[[campaign]]
+id = 4
+url = "https://a.b"
+bid = 2
+targeting = { browsers = ["Firefox"] }
+[[campaign.creative]]
+id = 41
+kind = "text"
+text = "four"
+"#,
+        );
+        let v = visitor(None, CHROME_WIN);
+        let top = c.placement("top").unwrap();
+        let side = c.placement("side").unwrap();
+        let id = |p: Option<usize>| p.and_then(|p| c.get(p)).map(|c| c.id);
+        let index = c.index();
+        // 1 has no creative; 2 targets only "side"; 4 wants Firefox.
+        assert_eq!(id(index.best_in_placement(&v, top, &[], |_| 0)), Some(3));
+        assert_eq!(id(index.best_in_placement(&v, side, &[], |_| 0)), Some(2));
+        let two = index.best_in_placement(&v, side, &[], |_| 0).unwrap();
+        let three = index.best_in_placement(&v, top, &[], |_| 0).unwrap();
+        assert_eq!(
+            id(index.best_in_placement(&v, side, &[two], |_| 0)),
+            Some(3)
+        );
+        assert_eq!(
+            id(index.best_in_placement(&v, side, &[two, three], |_| 0)),
+            None
+        );
+        assert_eq!(id(index.best_in_placement(&v, 7, &[], |_| 0)), None);
+        assert_eq!(c.placement("nope"), None);
+        let (campaign, creative) = c.creative(31).unwrap();
+        assert_eq!((campaign.id, creative.id), (3, 31));
+        assert!(c.creative(1).is_none());
+        // GET /ad is unchanged: the highest bid wins, creatives or not.
+        assert_eq!(winner(&c, &v), Some(1));
+    }
 }

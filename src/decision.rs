@@ -1,9 +1,11 @@
 //! One request becomes one decision: visitor → auction → where to send them, counted once.
 //!
 //! [`Decider`] holds everything a decision reads (all immutable or lock-free) and is shared by
-//! every connection. [`Decider::decide`] is the request path; it calls [`Decider::record`], the
-//! one seam where a decision is counted (statistics row and metrics). `explain` and the
-//! benchmarks use the same pieces without HTTP.
+//! every connection. [`Decider::decide`] is the redirect's request path; it calls
+//! [`Decider::record`], the one seam where a decision is counted (statistics row and metrics).
+//! [`Decider::decide_slots`] is the same path for ad slots (the decisions API and the iframe
+//! tag): one auction per placement among the campaigns with a creative that fits, then a
+//! creative of the winner by weight. `explain` and the benchmarks use the same pieces without HTTP.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use hyper::header::{HeaderValue, USER_AGENT};
 use serde::Serialize;
 
 use crate::auction::{self, Exclusion, Outcome};
-use crate::campaigns::CatalogueHandle;
+use crate::campaigns::{Campaign, Catalogue, CatalogueHandle, Creative, Placement};
 use crate::config::{Config, ConfigError, check_url};
 use crate::metrics::Metrics;
 use crate::stats::aggregator::{Aggregator, RowKey, current_minute};
@@ -40,6 +42,17 @@ pub struct Decider {
     pub stats: Option<Arc<Aggregator>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+}
+
+/// What filled one ad slot.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotWin<'c> {
+    /// The campaign that won the slot's auction.
+    pub campaign: &'c Campaign,
+    /// Its creative chosen for the slot.
+    pub creative: &'c Creative,
+    /// The slot's placement.
+    pub placement: &'c Placement,
 }
 
 /// What `rotator explain` prints for one visitor.
@@ -69,6 +82,24 @@ pub struct Explained {
     pub winner: Option<u32>,
     /// Where the visitor is sent.
     pub url: String,
+}
+
+/// One of `campaign`'s creatives that fit `placement`, chosen by weight.
+fn pick_creative<'c>(campaign: &'c Campaign, placement: &Placement) -> Option<&'c Creative> {
+    let fitting = || campaign.creatives.iter().filter(|c| placement.fits(c));
+    let total: u64 = fitting().map(|c| u64::from(c.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut ticket = fastrand::u64(..total);
+    fitting().find(|c| {
+        let weight = u64::from(c.weight);
+        if ticket < weight {
+            return true;
+        }
+        ticket -= weight;
+        false
+    })
 }
 
 impl Decider {
@@ -133,6 +164,41 @@ impl Decider {
         }
     }
 
+    /// Runs one auction per slot (`placements` are positions in `catalogue`'s placements) for
+    /// `visitor`. A campaign that won a slot does not win another slot of the same request while
+    /// another eligible campaign exists. A bot fills no slot unless `bots_win`.
+    pub fn decide_slots<'c>(
+        &self,
+        catalogue: &'c Catalogue,
+        visitor: &Visitor,
+        placements: &[usize],
+    ) -> Vec<Option<SlotWin<'c>>> {
+        let bot_refused = visitor.agent.is_bot() && !self.bots_win;
+        let mut taken = Vec::with_capacity(placements.len());
+        placements
+            .iter()
+            .map(|&p| {
+                let placement = catalogue.placements().get(p)?;
+                if bot_refused {
+                    return None;
+                }
+                let index = catalogue.index();
+                let pick = |n| fastrand::usize(..n);
+                let position = index
+                    .best_in_placement(visitor, p, &taken, pick)
+                    .or_else(|| index.best_in_placement(visitor, p, &[], pick))?;
+                taken.push(position);
+                let campaign = catalogue.get(position)?;
+                let creative = pick_creative(campaign, placement)?;
+                Some(SlotWin {
+                    campaign,
+                    creative,
+                    placement,
+                })
+            })
+            .collect()
+    }
+
     /// Counts one decision: one statistics row increment and the metrics.
     #[inline]
     pub fn record(
@@ -162,6 +228,18 @@ impl Decider {
             visitor.country.is_some(),
             cache == CacheOutcome::Hit,
         );
+    }
+
+    /// Counts one slot's decision in the metrics (the statistics row is counted by the caller,
+    /// with the slot's placement and creative).
+    pub fn observe_slot(&self, visitor: &Visitor, win: Option<&SlotWin<'_>>, geo_ok: bool) {
+        let outcome = match win {
+            Some(w) => Outcome::Won(w.campaign),
+            None if visitor.agent.is_bot() && !self.bots_win => Outcome::Bot,
+            None => Outcome::NoFill,
+        };
+        self.metrics
+            .observe_decision(&outcome, !geo_ok, visitor.country.is_some(), false);
     }
 
     /// Explains the decision for a request from peer `ip` with User-Agent `ua` and no other

@@ -40,8 +40,36 @@ type WinCounters = HashMap<u32, IntCounter, foldhash::fast::RandomState>;
 pub enum Route {
     /// `/` and `/ad`.
     Ad,
+    /// `/v1/decisions`.
+    Decisions,
+    /// Tracking URLs: `/v1/i/`, `/v1/v/`, `/v1/c/`.
+    Tracking,
+    /// Ad tags: `/v1/tag.js`, `/v1/frame/`.
+    Tag,
     /// Anything else (404, 405).
     Other,
+}
+
+impl Route {
+    /// Every route, in label order.
+    const ALL: [Route; 5] = [
+        Route::Ad,
+        Route::Decisions,
+        Route::Tracking,
+        Route::Tag,
+        Route::Other,
+    ];
+
+    /// The `route` label.
+    fn label(self) -> &'static str {
+        match self {
+            Route::Ad => "ad",
+            Route::Decisions => "decisions",
+            Route::Tracking => "tracking",
+            Route::Tag => "tag",
+            Route::Other => "other",
+        }
+    }
 }
 
 /// Request latency histograms by route and status class, resolved once.
@@ -159,9 +187,9 @@ impl Metrics {
             .register(Box::new(latency_vec.clone()))
             .expect("unique metric");
         let mut series = Vec::new();
-        for route in ["ad", "other"] {
+        for route in Route::ALL {
             for status in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
-                series.push(latency_vec.with_label_values(&[route, status]));
+                series.push(latency_vec.with_label_values(&[route.label(), status]));
             }
         }
         let decisions = counter_vec(
@@ -313,7 +341,7 @@ impl Metrics {
     #[inline]
     pub fn observe_request(&self, route: Route, status: u16, elapsed: Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
-        let index = if route == Route::Ad { 0 } else { 5 } + class;
+        let index = route as usize * 5 + class;
         if let Some(h) = self.latency.series.get(index) {
             h.observe(elapsed.as_secs_f64());
         }

@@ -1,7 +1,7 @@
 //! The campaigns file (`campaigns.toml`): parsing and validation.
 //!
-//! Every problem found is reported, each naming the file, the line, the campaign and the field,
-//! so one run of `rotator check` shows all that needs fixing.
+//! Every problem found is reported, each naming the file, the line, the campaign (or placement)
+//! and the field, so one run of `rotator check` shows all that needs fixing.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -10,10 +10,13 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::creatives::{Creative, CreativeKind, Size};
+use super::placements::{self, Placement};
 use super::{Campaign, Targeting};
 use super::{countries, names};
 use crate::config::{check_url, one_line};
 use crate::visitor::geoip::Country;
+use crate::visitor::symbol::Sym;
 use crate::visitor::user_agent::Device;
 
 /// Why a campaigns file was refused.
@@ -36,11 +39,46 @@ impl fmt::Display for CampaignsError {
     }
 }
 
+/// A valid campaigns file.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    /// The campaigns, in file order.
+    pub campaigns: Vec<Campaign>,
+    /// The placements, in file order.
+    pub placements: Vec<Placement>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     #[serde(default)]
     campaign: Vec<Spanned<RawCampaign>>,
+    #[serde(default)]
+    placement: Vec<Spanned<RawPlacement>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlacement {
+    id: Spanned<String>,
+    #[serde(default)]
+    sizes: Vec<Spanned<String>>,
+    #[serde(default)]
+    kinds: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCreative {
+    id: Spanned<u32>,
+    kind: Spanned<String>,
+    size: Option<Spanned<String>>,
+    image_url: Option<Spanned<String>>,
+    alt: Option<Spanned<String>>,
+    html: Option<Spanned<String>>,
+    text: Option<Spanned<String>>,
+    click_url: Option<Spanned<String>>,
+    weight: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -55,6 +93,10 @@ struct RawCampaign {
     active: bool,
     #[serde(default)]
     targeting: RawTargeting,
+    #[serde(default)]
+    placements: Vec<Spanned<String>>,
+    #[serde(default)]
+    creative: Vec<Spanned<RawCreative>>,
 }
 
 fn default_active() -> bool {
@@ -75,7 +117,7 @@ struct RawTargeting {
 }
 
 /// Reads and validates a campaigns file.
-pub fn load(path: &Path) -> Result<Vec<Campaign>, CampaignsError> {
+pub fn load(path: &Path) -> Result<Parsed, CampaignsError> {
     let refuse = |problem: String| CampaignsError {
         path: path.to_path_buf(),
         problems: vec![problem],
@@ -91,21 +133,19 @@ pub fn load(path: &Path) -> Result<Vec<Campaign>, CampaignsError> {
 
 /// Parses and validates the text of a campaigns file.
 ///
-/// A valid file is parsed one `[[campaign]]` section at a time (`sections`), so memory grows
+/// A valid file is parsed one `[[campaign]]` or `[[placement]]` section at a time (`sections`), so memory grows
 /// with the campaigns kept, not with the file's parse tree: `toml` lexes a whole document into
 /// tokens and a tree of spanned values first, some 35 bytes per byte of text (over 700 MB for
 /// 100,000 campaigns). When a section does not parse on its own, the whole file is parsed, so a
 /// syntax error is reported exactly as before, with the line in the file.
-pub fn parse(text: &str) -> Result<Vec<Campaign>, Vec<String>> {
+pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
     if let Some(starts) = sections(text) {
         let mut checker = Checker::new(text);
         let ends = starts.iter().skip(1).copied().chain([text.len()]);
         let parsed = starts.iter().zip(ends).all(|(&start, end)| {
             match toml::from_str::<RawFile>(&text[start..end]) {
                 Ok(raw) => {
-                    raw.campaign
-                        .into_iter()
-                        .for_each(|entry| checker.check(entry, start));
+                    checker.take(raw, start);
                     true
                 }
                 Err(_) => false,
@@ -119,20 +159,19 @@ pub fn parse(text: &str) -> Result<Vec<Campaign>, Vec<String>> {
 }
 
 /// Parses the whole file at once.
-fn parse_whole(text: &str) -> Result<Vec<Campaign>, Vec<String>> {
+fn parse_whole(text: &str) -> Result<Parsed, Vec<String>> {
     let raw: RawFile = toml::from_str(text).map_err(|e| vec![one_line(&e.to_string())])?;
     let mut checker = Checker::new(text);
-    for entry in raw.campaign {
-        checker.check(entry, 0);
-    }
+    checker.take(raw, 0);
     checker.finish()
 }
 
-/// Where each top-level `[[campaign]]` header starts, found with the TOML lexer (so a header
+/// Where each top-level `[[campaign]]` or `[[placement]]` header starts, found with the TOML lexer (so a header
 /// inside a string is not one). `None` when something other than whitespace and comments comes
 /// before the first header: only the whole file can say what that means.
 ///
-/// Each section holds one array element and every table under it (`[campaign.targeting]`), and
+/// Each section holds one array element and every table under it (`[campaign.targeting]`,
+/// `[[campaign.creative]]`), and
 /// TOML cannot refer back to an earlier element, so parsing the sections one by one gives the
 /// same campaigns as parsing the file.
 fn sections(text: &str) -> Option<Vec<usize>> {
@@ -156,7 +195,10 @@ fn sections(text: &str) -> Option<Vec<usize>> {
                     if open.kind() == LeftSquareBracket
                         && open.span().start() == start + 1
                         && name.kind() == Atom
-                        && text.get(name.span().start()..name.span().end()) == Some("campaign")
+                        && matches!(
+                            text.get(name.span().start()..name.span().end()),
+                            Some("campaign" | "placement")
+                        )
                         && close1.kind() == RightSquareBracket
                         && close2.kind() == RightSquareBracket
                         && close2.span().start() == close1.span().end()
@@ -177,15 +219,29 @@ fn sections(text: &str) -> Option<Vec<usize>> {
     Some(starts)
 }
 
-/// Validates entries one at a time and keeps the valid campaigns.
+/// A campaign's reference to a placement, checked once every placement is known.
+struct PlacementRef {
+    line: usize,
+    campaign: u32,
+    entry: usize,
+    id: String,
+}
+
+/// Validates entries one at a time and keeps the valid campaigns and placements.
 struct Checker {
     /// Offsets of the newlines in the whole file, so a line number is a binary search (not a
     /// scan per field).
     newlines: Vec<usize>,
     problems: Vec<String>,
     campaigns: Vec<Campaign>,
+    placements: Vec<Placement>,
     /// Line of each id's first entry, for duplicate messages.
     seen: HashMap<u32, usize>,
+    /// Line of each creative id's first use.
+    creatives_seen: HashMap<u32, usize>,
+    /// Line of each placement id's first entry.
+    placements_seen: HashMap<String, usize>,
+    references: Vec<PlacementRef>,
     entries: usize,
 }
 
@@ -200,32 +256,87 @@ impl Checker {
                 .collect(),
             problems: Vec::new(),
             campaigns: Vec::new(),
+            placements: Vec::new(),
             seen: HashMap::new(),
+            creatives_seen: HashMap::new(),
+            placements_seen: HashMap::new(),
+            references: Vec::new(),
             entries: 0,
         }
     }
 
-    /// Checks one entry whose spans count from `base` in the file.
+    /// The line (1-based) of byte `offset` of a section that starts at `base`.
+    fn line(&self, base: usize, offset: usize) -> usize {
+        self.newlines.partition_point(|n| *n < base + offset) + 1
+    }
+
+    /// Checks every entry of a section whose spans count from `base` in the file.
+    fn take(&mut self, raw: RawFile, base: usize) {
+        for entry in raw.placement {
+            self.check_placement(entry, base);
+        }
+        for entry in raw.campaign {
+            self.check(entry, base);
+        }
+    }
+
+    fn check_placement(&mut self, entry: Spanned<RawPlacement>, base: usize) {
+        let raw = entry.into_inner();
+        let id = raw.id.get_ref().clone();
+        let mut problems = Vec::new();
+        if let Some(message) = placements::id_problem(&id) {
+            problems.push((raw.id.span().start, "id", message));
+        }
+        let line = self.line(base, raw.id.span().start);
+        if let Some(first) = self.placements_seen.get(&id) {
+            problems.push((
+                raw.id.span().start,
+                "id",
+                format!("duplicate: already used by the placement at line {first}"),
+            ));
+        } else {
+            self.placements_seen.insert(id.clone(), line);
+        }
+        let mut sizes = Vec::new();
+        for size in &raw.sizes {
+            match Size::parse(size.get_ref()) {
+                Ok(s) => sizes.push(s),
+                Err(message) => problems.push((size.span().start, "sizes", message)),
+            }
+        }
+        let mut kinds = Vec::new();
+        for kind in &raw.kinds {
+            match CreativeKind::parse(kind.get_ref()) {
+                Some(k) => kinds.push(k),
+                None => problems.push((kind.span().start, "kinds", kind_problem(kind.get_ref()))),
+            }
+        }
+        let valid = problems.is_empty();
+        for (offset, field, message) in problems {
+            let line = self.line(base, offset);
+            self.problems
+                .push(format!("line {line}: placement {id:?}: {field}: {message}"));
+        }
+        if valid {
+            self.placements.push(Placement {
+                sym: Sym::intern(&id),
+                id,
+                sizes,
+                kinds,
+            });
+        }
+    }
+
+    /// Checks one campaign entry whose spans count from `base` in the file.
     fn check(&mut self, entry: Spanned<RawCampaign>, base: usize) {
-        let Checker {
-            newlines,
-            problems,
-            campaigns,
-            seen,
-            entries,
-        } = self;
-        let n = *entries;
-        *entries += 1;
-        let line = |offset: usize| newlines.partition_point(|n| *n < base + offset) + 1;
-        let entry_line = line(entry.span().start);
+        let n = self.entries;
+        self.entries += 1;
+        let entry_line = self.line(base, entry.span().start);
         let raw = entry.into_inner();
         let id = *raw.id.get_ref();
+        let mut found: Vec<(usize, String, String)> = Vec::new();
         let mut problem = |offset: usize, field: &str, message: String| {
-            problems.push(format!(
-                "line {}: campaign {id} (entry {}): {field}: {message}",
-                line(offset),
-                n + 1
-            ));
+            found.push((offset, field.to_string(), message));
         };
         if id == 0 {
             problem(
@@ -234,7 +345,7 @@ impl Checker {
                 "0 is reserved for \"no campaign\"; use 1 or more".into(),
             );
         }
-        if let Some(first) = seen.insert(id, entry_line) {
+        if let Some(first) = self.seen.insert(id, entry_line) {
             problem(
                 raw.id.span().start,
                 "id",
@@ -301,13 +412,56 @@ impl Checker {
                 ),
             }
         }
-        if let Some(location) = location {
+        let mut placement_ids = Vec::new();
+        for p in &raw.placements {
+            match placements::id_problem(p.get_ref()) {
+                Some(message) => problem(p.span().start, "placements", message),
+                None => {
+                    self.references.push(PlacementRef {
+                        line: self
+                            .newlines
+                            .partition_point(|o| *o < base + p.span().start)
+                            + 1,
+                        campaign: id,
+                        entry: n,
+                        id: p.get_ref().clone(),
+                    });
+                    placement_ids.push(p.get_ref().clone());
+                }
+            }
+        }
+        let mut creatives = Vec::new();
+        for raw_creative in raw.creative {
+            let checked = check_creative(
+                raw_creative.into_inner(),
+                &url,
+                location.as_ref(),
+                &mut self.creatives_seen,
+                |offset| self.newlines.partition_point(|o| *o < base + offset) + 1,
+            );
+            match checked {
+                Ok(c) => creatives.push(c),
+                Err(list) => {
+                    for (offset, field, message) in list {
+                        problem(offset, &field, message);
+                    }
+                }
+            }
+        }
+        for (offset, field, message) in found.iter() {
+            let line = self.line(base, *offset);
+            self.problems.push(format!(
+                "line {line}: campaign {id} (entry {}): {field}: {message}",
+                n + 1
+            ));
+        }
+        if let (Some(location), true) = (location, found.is_empty()) {
             // Kept for the catalogue's life: no spare capacity (12 MB at 100,000 campaigns).
             targeting.countries.shrink_to_fit();
             targeting.browsers.shrink_to_fit();
             targeting.os.shrink_to_fit();
             targeting.devices.shrink_to_fit();
-            campaigns.push(Campaign {
+            self.campaigns.push(Campaign {
                 id,
                 name: raw.name,
                 url,
@@ -315,16 +469,161 @@ impl Checker {
                 bid,
                 active: raw.active,
                 targeting,
+                placements: placement_ids,
+                creatives,
             });
         }
     }
 
-    fn finish(self) -> Result<Vec<Campaign>, Vec<String>> {
+    fn finish(mut self) -> Result<Parsed, Vec<String>> {
+        for r in &self.references {
+            if !self.placements_seen.contains_key(&r.id) {
+                self.problems.push(format!(
+                    "line {}: campaign {} (entry {}): placements: {:?} is no [[placement]] of this file",
+                    r.line,
+                    r.campaign,
+                    r.entry + 1,
+                    r.id
+                ));
+            }
+        }
         if self.problems.is_empty() {
-            Ok(self.campaigns)
+            Ok(Parsed {
+                campaigns: self.campaigns,
+                placements: self.placements,
+            })
         } else {
             Err(self.problems)
         }
+    }
+}
+
+fn kind_problem(kind: &str) -> String {
+    format!(
+        "{kind:?} is not one of {}",
+        CreativeKind::ALL.map(CreativeKind::as_str).join(", ")
+    )
+}
+
+/// Checks one `[[campaign.creative]]`; problems are (offset, field, message), the field naming
+/// the creative (`creative 701: size`).
+fn check_creative(
+    raw: RawCreative,
+    campaign_url: &str,
+    campaign_location: Option<&hyper::header::HeaderValue>,
+    seen: &mut HashMap<u32, usize>,
+    line: impl Fn(usize) -> usize,
+) -> Result<Creative, Vec<(usize, String, String)>> {
+    let id = *raw.id.get_ref();
+    let mut problems = Vec::new();
+    let mut problem = |offset: usize, field: &str, message: String| {
+        problems.push((offset, format!("creative {id}: {field}"), message));
+    };
+    if id == 0 {
+        problem(
+            raw.id.span().start,
+            "id",
+            "0 is reserved for \"no creative\"; use 1 or more".into(),
+        );
+    }
+    if let Some(first) = seen.get(&id) {
+        problem(
+            raw.id.span().start,
+            "id",
+            format!("duplicate: already used by the creative at line {first}"),
+        );
+    } else {
+        seen.insert(id, line(raw.id.span().start));
+    }
+    let kind = CreativeKind::parse(raw.kind.get_ref());
+    if kind.is_none() {
+        problem(
+            raw.kind.span().start,
+            "kind",
+            kind_problem(raw.kind.get_ref()),
+        );
+    }
+    let size = match &raw.size {
+        Some(s) => match Size::parse(s.get_ref()) {
+            Ok(size) => Some(size),
+            Err(message) => {
+                problem(s.span().start, "size", message);
+                None
+            }
+        },
+        None => {
+            if matches!(kind, Some(CreativeKind::Image | CreativeKind::Html)) {
+                problem(
+                    raw.kind.span().start,
+                    "size",
+                    "required for image and html creatives, e.g. size = \"728x90\"".into(),
+                );
+            }
+            None
+        }
+    };
+    // Each kind has its one content field; the others are refused rather than ignored.
+    for (field, value, wanted) in [
+        ("image_url", &raw.image_url, CreativeKind::Image),
+        ("alt", &raw.alt, CreativeKind::Image),
+        ("html", &raw.html, CreativeKind::Html),
+        ("text", &raw.text, CreativeKind::Text),
+    ] {
+        match (value, kind) {
+            (Some(v), Some(k)) if k != wanted => problem(
+                v.span().start,
+                field,
+                format!(
+                    "only for kind = \"{}\", this one is {:?}",
+                    wanted.as_str(),
+                    k.as_str()
+                ),
+            ),
+            (None, Some(k)) if k == wanted && field != "alt" => problem(
+                raw.kind.span().start,
+                field,
+                format!("required for kind = \"{}\"", k.as_str()),
+            ),
+            (Some(v), _) if field != "alt" && v.get_ref().trim().is_empty() => {
+                problem(v.span().start, field, "empty".into())
+            }
+            _ => {}
+        }
+    }
+    if let Some(image_url) = &raw.image_url
+        && let Err(message) = check_url(image_url.get_ref())
+    {
+        problem(image_url.span().start, "image_url", message);
+    }
+    let click = match &raw.click_url {
+        Some(c) => match check_url(c.get_ref()) {
+            Ok(location) => Some((c.get_ref().clone(), location)),
+            Err(message) => {
+                problem(c.span().start, "click_url", message);
+                None
+            }
+        },
+        None => campaign_location.map(|l| (campaign_url.to_string(), l.clone())),
+    };
+    let weight = raw.weight.as_ref().map_or(1, |w| *w.get_ref());
+    if let Some(w) = raw.weight.as_ref().filter(|w| *w.get_ref() == 0) {
+        problem(w.span().start, "weight", "must be 1 or more".into());
+    }
+    match (kind, click, problems.is_empty()) {
+        (Some(kind), Some((click_url, click_location)), true) => Ok(Creative {
+            id,
+            kind,
+            size,
+            image_url: raw.image_url.map(Spanned::into_inner),
+            alt: raw.alt.map(Spanned::into_inner),
+            html: raw.html.map(Spanned::into_inner),
+            text: raw.text.map(Spanned::into_inner),
+            click_url,
+            click_location,
+            weight,
+        }),
+        // The campaign's own url was refused: that problem is already listed.
+        _ => Err(problems),
     }
 }
 
@@ -385,13 +684,13 @@ active = false
 
     #[test]
     fn good_file() {
-        let c = parse(GOOD).unwrap();
+        let c = parse(GOOD).unwrap().campaigns;
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].targeting.countries[0].as_str(), "RU");
         assert_eq!(c[0].targeting.devices, [Device::Desktop, Device::Mobile]);
         assert_eq!(c[1].bid, 2.0);
         assert!(!c[1].active);
-        assert!(parse("").unwrap().is_empty());
+        assert!(parse("").unwrap().campaigns.is_empty());
     }
 
     fn problems(text: &str) -> String {
@@ -437,7 +736,8 @@ active = false
             "[[campaign]]\nid = 4\nurl = \"https://a.b\"\nbid = 1\n[campaign.targeting]\n\
              browsers = [\"Chrmoe\", \"chrome mobile\", \"Other\"]\nos = [\"Windos\", \"iOS\"]\n",
         )
-        .unwrap();
+        .unwrap()
+        .campaigns;
         let d = doubts(&c);
         assert_eq!(d.len(), 2, "{d:?}");
         assert!(
@@ -449,7 +749,7 @@ active = false
             d[1].starts_with("campaign 4: targeting.os: \"Windos\""),
             "{d:?}"
         );
-        assert!(doubts(&parse(GOOD).unwrap()).is_empty());
+        assert!(doubts(&parse(GOOD).unwrap().campaigns).is_empty());
     }
 
     #[test]
@@ -479,13 +779,111 @@ active = false
         assert!(p.contains("line 9"), "{p}");
     }
 
+    const PLACED: &str = r#"
+[[campaign]]
+id = 7
+url = "https://shop.example/"
+bid = 2
+placements = ["top-banner"]
+[[campaign.creative]]
+id = 701
+kind = "image"
+size = "728x90"
+image_url = "https://cdn.example/701.png"
+alt = "Winter sale"
+click_url = "https://shop.example/winter"
+weight = 3
+[[campaign.creative]]
+id = 702
+kind = "text"
+text = "Winter sale -50%"
+
+[[placement]]
+id = "top-banner"
+sizes = ["728x90", "970x90"]
+kinds = ["image", "html"]
+"#;
+
+    #[test]
+    fn placements_and_creatives() {
+        let parsed = parse(PLACED).unwrap();
+        assert_eq!(sections(PLACED).map(|s| s.len()), Some(2));
+        assert_eq!(
+            format!("{parsed:?}"),
+            format!("{:?}", parse_whole(PLACED).unwrap())
+        );
+        let [p] = parsed.placements.as_slice() else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!(p.id, "top-banner");
+        assert_eq!(
+            p.sizes,
+            [
+                Size {
+                    width: 728,
+                    height: 90
+                },
+                Size {
+                    width: 970,
+                    height: 90
+                }
+            ]
+        );
+        let c = &parsed.campaigns[0];
+        assert_eq!(c.placements, ["top-banner"]);
+        let [image, text] = c.creatives.as_slice() else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            (image.id, image.kind, image.weight),
+            (701, CreativeKind::Image, 3)
+        );
+        assert_eq!(image.click_url, "https://shop.example/winter");
+        assert!(p.fits(image));
+        assert_eq!(
+            (text.kind, text.weight, text.size),
+            (CreativeKind::Text, 1, None)
+        );
+        assert_eq!(
+            text.click_url, "https://shop.example/",
+            "defaults to the campaign's url"
+        );
+        assert!(!p.fits(text), "text is not a kind of this placement");
+    }
+
+    #[test]
+    fn creative_and_placement_problems_are_named() {
+        let text = "[[placement]]\nid = \"Top\"\nsizes = [\"728\"]\nkinds = [\"video\"]\n\
+                    [[placement]]\nid = \"side\"\n[[placement]]\nid = \"side\"\n\
+                    [[campaign]]\nid = 1\nurl = \"https://a.b\"\nbid = 1\nplacements = [\"nowhere\"]\n\
+                    [[campaign.creative]]\nid = 5\nkind = \"image\"\nhtml = \"<b>\"\n\
+                    [[campaign.creative]]\nid = 5\nkind = \"html\"\nsize = \"1x1\"\nhtml = \"x\"\nclick_url = \"javascript:alert(1)\"\nweight = 0\n";
+        let p = problems(text);
+        for expected in [
+            "line 2: placement \"Top\": id: \"Top\" is not a slug",
+            "line 3: placement \"Top\": sizes: \"728\" is not a size",
+            "line 4: placement \"Top\": kinds: \"video\" is not one of image, html, text",
+            "line 8: placement \"side\": id: duplicate: already used by the placement at line 6",
+            "line 13: campaign 1 (entry 1): placements: \"nowhere\" is no [[placement]] of this file",
+            "line 16: campaign 1 (entry 1): creative 5: size: required for image and html",
+            "line 17: campaign 1 (entry 1): creative 5: html: only for kind = \"html\"",
+            "line 16: campaign 1 (entry 1): creative 5: image_url: required for kind = \"image\"",
+            "line 19: campaign 1 (entry 1): creative 5: id: duplicate: already used by the creative at line 15",
+            "line 23: campaign 1 (entry 1): creative 5: click_url:",
+            "line 24: campaign 1 (entry 1): creative 5: weight: must be 1 or more",
+        ] {
+            assert!(p.contains(expected), "{expected}\n---\n{p}");
+        }
+    }
+
     #[test]
     fn bundled_campaigns_file_is_valid() {
         let c = load(Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/campaigns.toml"
         )))
-        .unwrap();
+        .unwrap()
+        .campaigns;
         assert_eq!(c.len(), 3);
     }
 }

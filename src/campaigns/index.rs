@@ -6,7 +6,7 @@
 //! the words in order and stops at the first non-zero one, so it touches a few cache lines even
 //! with 10,000 campaigns, and it never allocates.
 
-use super::Campaign;
+use super::{Campaign, Placement};
 use crate::visitor::Visitor;
 use crate::visitor::geoip::Country;
 use crate::visitor::symbol::Sym;
@@ -108,6 +108,9 @@ pub struct TargetingIndex {
     none: Bits,
     /// For each position, the end of its run of equal bids (exclusive).
     run_end: Vec<u32>,
+    /// By placement position: the campaigns that may fill it (active, targeting it or any
+    /// placement, with a creative that fits).
+    placements: Vec<Bits>,
 }
 
 /// The sets relevant to one visitor, looked up once per auction; all `words` long.
@@ -133,8 +136,9 @@ impl Lookup<'_> {
 }
 
 impl TargetingIndex {
-    /// Indexes the active campaigns of `campaigns` (already sorted by bid, highest first).
-    pub fn build(campaigns: &[Campaign]) -> TargetingIndex {
+    /// Indexes the active campaigns of `campaigns` (already sorted by bid, highest first) and
+    /// which of them may fill each of `placements`.
+    pub fn build(campaigns: &[Campaign], placements: &[Placement]) -> TargetingIndex {
         let words = campaigns.len().div_ceil(64).max(1);
         let mut index = TargetingIndex {
             words,
@@ -144,7 +148,16 @@ impl TargetingIndex {
             devices: Device::ALL.map(|_| Bits::new(words)),
             none: Bits::new(words),
             run_end: run_ends(campaigns),
+            placements: placements.iter().map(|_| Bits::new(words)).collect(),
         };
+        for (set, placement) in index.placements.iter_mut().zip(placements) {
+            for (position, c) in campaigns.iter().enumerate().filter(|(_, c)| c.active) {
+                let targeted = c.placements.is_empty() || c.placements.contains(&placement.id);
+                if targeted && c.creatives.iter().any(|cr| placement.fits(cr)) {
+                    set.set(position);
+                }
+            }
+        }
         for (position, c) in campaigns.iter().enumerate().filter(|(_, c)| c.active) {
             let t = &c.targeting;
             let countries: Vec<usize> = t.countries.iter().map(|c| country_key(*c)).collect();
@@ -199,10 +212,45 @@ impl TargetingIndex {
 
     /// The position of the highest-bidding campaign that targets `visitor`, equal top bids
     /// chosen uniformly at random with `pick(n)` returning a number in `0..n`.
+    #[inline]
     pub fn best(&self, visitor: &Visitor, pick: impl FnOnce(usize) -> usize) -> Option<usize> {
         let lookup = self.lookup(visitor);
+        self.best_of(|i| lookup.eligible(i), pick)
+    }
+
+    /// Like [`TargetingIndex::best`], among the campaigns that may fill the placement at
+    /// position `placement` and are not at a position in `taken`.
+    pub fn best_in_placement(
+        &self,
+        visitor: &Visitor,
+        placement: usize,
+        taken: &[usize],
+        pick: impl FnOnce(usize) -> usize,
+    ) -> Option<usize> {
+        let lookup = self.lookup(visitor);
+        let fills = &self.placements.get(placement)?.0;
+        self.best_of(
+            |i| {
+                let mut w = lookup.eligible(i) & fills[i];
+                for &p in taken.iter().filter(|p| *p / 64 == i) {
+                    w &= !(1 << (p % 64));
+                }
+                w
+            },
+            pick,
+        )
+    }
+
+    /// The highest set position of the set whose word `i` is `eligible(i)`, equal bids picked
+    /// at random.
+    #[inline]
+    fn best_of(
+        &self,
+        eligible: impl Fn(usize) -> u64,
+        pick: impl FnOnce(usize) -> usize,
+    ) -> Option<usize> {
         let (first_word, bits) = (0..self.words)
-            .map(|i| (i, lookup.eligible(i)))
+            .map(|i| (i, eligible(i)))
             .find(|(_, w)| *w != 0)?;
         let first = first_word * 64 + bits.trailing_zeros() as usize;
         let run_end = self.run_end[first] as usize;
@@ -211,7 +259,7 @@ impl TargetingIndex {
         }
         // Equal top bids are adjacent: count the eligible ones in [first, run_end), then pick.
         let masked = |i: usize| {
-            let (lo, mut w) = (i * 64, lookup.eligible(i));
+            let (lo, mut w) = (i * 64, eligible(i));
             if lo < first {
                 w &= u64::MAX << (first - lo);
             }

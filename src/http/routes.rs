@@ -1,7 +1,9 @@
 //! What each path answers.
 //!
 //! Ad listener: `GET`/`HEAD` on `/` and `/ad` → 303 to the winner (or `default_url`) with
-//! `Cache-Control: no-store`; another method, on any target → 405 with `Allow`; another path → 404.
+//! `Cache-Control: no-store`; `/v1/decisions` → the decisions API;
+//! `/v1/i/`, `/v1/v/`, `/v1/c/` → tracking; `/v1/tag.js`, `/v1/frame/` → ad tags; a method a
+//! route does not take → 405 with `Allow`; another path → 404.
 //! Metrics listener: `/metrics`, `/healthz`, `/readyz`.
 
 use std::net::SocketAddr;
@@ -14,7 +16,7 @@ use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::Body;
-use super::server::Handler;
+use super::server::{Handler, Reply};
 use super::tags;
 use crate::campaigns::CatalogueHandle;
 use crate::decision::Decider;
@@ -50,25 +52,38 @@ pub struct AdRoutes {
     pub decider: Arc<Decider>,
 }
 
+/// The route of a path on the ad listener.
+fn route(path: &str) -> Route {
+    match path {
+        "/" | "/ad" => Route::Ad,
+        "/v1/decisions" => Route::Decisions,
+        "/v1/tag.js" => Route::Tag,
+        p if p.starts_with("/v1/frame/") => Route::Tag,
+        p if p.starts_with("/v1/i/") || p.starts_with("/v1/v/") || p.starts_with("/v1/c/") => {
+            Route::Tracking
+        }
+        _ => Route::Other,
+    }
+}
+
 impl Handler for AdRoutes {
-    fn handle(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Reply {
         let started = Instant::now();
-        let route = match req.uri().path() {
-            "/" | "/ad" => Route::Ad,
-            _ => Route::Other,
-        };
+        let route = route(req.uri().path());
         // The method first: `CONNECT host:port`, `OPTIONS *` and `TRACE /x` have no route to
         // find, and the answer to them is that this server takes only GET and HEAD.
-        let response = match (only_get_or_head(req), route) {
+        let response = match (only_get_or_head(&req), route) {
             (Some(refused), _) => refused,
-            (None, Route::Ad) => self.ad(req, peer),
-            (None, Route::Other) if req.uri().path() == "/v1/tag.js" => tags::tag_js(req.headers()),
-            (None, Route::Other) => text(StatusCode::NOT_FOUND, "not found\n"),
+            (None, Route::Ad) => self.ad(&req, peer),
+            (None, Route::Tag) if req.uri().path() == "/v1/tag.js" => tags::tag_js(req.headers()),
+            (None, Route::Tracking | Route::Tag | Route::Decisions | Route::Other) => {
+                text(StatusCode::NOT_FOUND, "not found\n")
+            }
         };
         self.decider
             .metrics
             .observe_request(route, response.status().as_u16(), started.elapsed());
-        response
+        Reply::Now(response)
     }
 }
 
@@ -93,7 +108,13 @@ pub struct AdminRoutes {
 }
 
 impl Handler for AdminRoutes {
-    fn handle(&self, req: &Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    fn handle(&self, req: Request<Incoming>, _peer: SocketAddr) -> Reply {
+        Reply::Now(self.answer(&req))
+    }
+}
+
+impl AdminRoutes {
+    fn answer(&self, req: &Request<Incoming>) -> Response<Body> {
         if let Some(refused) = only_get_or_head(req) {
             return refused;
         }

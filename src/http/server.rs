@@ -10,6 +10,7 @@
 //! connection task has dropped its `drained` sender, or the grace period ends.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -125,10 +126,19 @@ impl Drop for Slot {
     }
 }
 
-/// Something that answers requests synchronously (every answer here is computed, not awaited).
+/// A handler's answer: computed at once (the ad redirect, tracking, tags), or later when the
+/// request's body must be read first (the decisions API).
+pub enum Reply {
+    /// The response.
+    Now(Response<Body>),
+    /// A response that needs the body.
+    Later(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+}
+
+/// Something that answers requests.
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request from `peer`.
-    fn handle(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body>;
+    fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Reply;
 }
 
 /// The HTTP/1.1 settings of every connection (also used by `examples/bare_redirect.rs`, so the
@@ -197,8 +207,13 @@ pub async fn serve<H: Handler>(
         let drained = drained_tx.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let response = handler.handle(&req, peer);
-                async move { Ok::<_, std::convert::Infallible>(response) }
+                let reply = handler.handle(req, peer);
+                async move {
+                    Ok::<_, std::convert::Infallible>(match reply {
+                        Reply::Now(response) => response,
+                        Reply::Later(response) => response.await,
+                    })
+                }
             });
             let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);

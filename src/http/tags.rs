@@ -268,7 +268,11 @@ mod tests {
         };
         let page = frame_markup(Some(&ad)).into_string();
         assert!(!page.contains("<script>"), "{page}");
-        assert_eq!(page.matches("&quot;&gt;&lt;script&gt;").count(), 3, "{page}");
+        assert_eq!(
+            page.matches("&quot;&gt;&lt;script&gt;").count(),
+            3,
+            "{page}"
+        );
         assert!(page.contains("href=\"https://ads.example/v1/c/t?a=1&amp;b=&quot;2&quot;\""));
         assert!(page.contains("width=\"728\" height=\"90\""), "{page}");
         assert!(page.contains("target=\"_top\""));

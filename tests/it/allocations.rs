@@ -202,7 +202,7 @@ fn loading_campaigns_peaks_near_what_the_catalogue_keeps() {
     let text = generated_campaigns(20_000);
     let start = reset_peak();
     let campaigns = rotator::campaigns::file::parse(&text).unwrap();
-    assert_eq!(campaigns.len(), 20_000);
+    assert_eq!(campaigns.campaigns.len(), 20_000);
     let catalogue = Catalogue::new(campaigns, "generated.toml".into());
     let kept = live_bytes() - start;
     let peak = peak_bytes() - start;
