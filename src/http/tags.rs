@@ -19,6 +19,7 @@ use hyper::{Response, StatusCode};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::Body;
+use crate::campaigns::creatives::{Creative, CreativeKind};
 
 /// The script tag's code.
 pub const TAG_JS: &str = include_str!("../../assets/tag.js");
@@ -146,6 +147,34 @@ pub struct FrameAd<'a> {
     pub click_url: &'a str,
     /// rotator's impression URL, loaded as a 1×1 image after the creative.
     pub impression_url: &'a str,
+}
+
+impl<'a> FrameAd<'a> {
+    /// `creative` as served: `html` is its snippet with the macros already replaced (ignored for
+    /// other kinds), the URLs are the decision's tracking URLs on rotator.
+    pub fn of(
+        creative: &'a Creative,
+        html: &'a str,
+        click_url: &'a str,
+        impression_url: &'a str,
+    ) -> FrameAd<'a> {
+        let shown = match creative.kind {
+            CreativeKind::Image => Shown::Image {
+                src: creative.image_url.as_deref().unwrap_or(""),
+                alt: creative.alt.as_deref().unwrap_or(""),
+            },
+            CreativeKind::Html => Shown::Html(html),
+            CreativeKind::Text => Shown::Text(creative.text.as_deref().unwrap_or("")),
+        };
+        let (width, height) = creative.size.map_or((0, 0), |s| (s.width, s.height));
+        FrameAd {
+            shown,
+            width,
+            height,
+            click_url,
+            impression_url,
+        }
+    }
 }
 
 /// The iframe tag's document: the creative, then its impression pixel; links open in the top
