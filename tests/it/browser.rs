@@ -496,3 +496,40 @@ async fn ad_tags_render_and_count_in_a_real_browser() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `GET /v1/tag.js` from the real server: the script with its type, a short public cache, a
+/// strong validator that revalidates to `304`, and `nosniff`.
+#[test]
+fn tag_script_is_served_cacheable_with_a_validator() {
+    let dir = temp_dir("tagjs");
+    let server = Server::start_in(
+        &dir,
+        &config("", "[stats]\nsink = \"none\"\n"),
+        &crate::harness::seed_campaigns(),
+    );
+    let r = server.get("/v1/tag.js", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert_eq!(r.header("cache-control"), Some("public, max-age=300"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert!(r.body.contains("data-rotator-placement"), "{}", r.body);
+    assert!(r.body.len() < 8 * 1024, "a few KiB: {} bytes", r.body.len());
+    let etag = r.header("etag").unwrap().to_string();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+
+    let again = server.get("/v1/tag.js", &[("If-None-Match", etag.as_bytes())]);
+    assert_eq!(again.status, 304);
+    assert_eq!(again.header("etag"), Some(etag.as_str()));
+    assert_eq!(again.body, "");
+    let other = server.get("/v1/tag.js", &[("If-None-Match", b"\"stale\"")]);
+    assert_eq!(other.status, 200);
+
+    let head = crate::harness::request(server.addr, "HEAD", "/v1/tag.js", &[]);
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    let post = crate::harness::request(server.addr, "POST", "/v1/tag.js", &[]);
+    assert_eq!(post.status, 405);
+    let _ = std::fs::remove_dir_all(&dir);
+}
