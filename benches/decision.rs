@@ -275,6 +275,8 @@ fn bench_stats(c: &mut Criterion, f: &Fixture) {
                 browser: v.agent.browser,
                 device: v.agent.device,
                 campaign_id: (i % 50) as u32,
+                placement: rotator::visitor::symbol::Sym::EMPTY,
+                creative_id: 0,
             })
             .collect(),
     );

@@ -18,10 +18,11 @@ use crate::auction::{self, Exclusion, Outcome};
 use crate::campaigns::{Campaign, Catalogue, CatalogueHandle, Creative, Placement};
 use crate::config::{Config, ConfigError, check_url};
 use crate::metrics::Metrics;
-use crate::stats::aggregator::{Aggregator, RowKey, current_minute};
+use crate::stats::aggregator::{Aggregator, Counts, RowKey, current_minute};
 use crate::visitor::Visitor;
 use crate::visitor::client_ip::{ClientIpRule, IpSource};
 use crate::visitor::geoip::GeoIpHandle;
+use crate::visitor::symbol::Sym;
 use crate::visitor::user_agent::{CacheOutcome, UserAgentParser};
 
 /// Everything a decision needs.
@@ -220,6 +221,8 @@ impl Decider {
                 browser: visitor.agent.browser,
                 device: visitor.agent.device,
                 campaign_id,
+                placement: Sym::EMPTY,
+                creative_id: 0,
             });
         }
         self.metrics.observe_decision(
@@ -230,9 +233,34 @@ impl Decider {
         );
     }
 
-    /// Counts one slot's decision in the metrics (the statistics row is counted by the caller,
-    /// with the slot's placement and creative).
-    pub fn observe_slot(&self, visitor: &Visitor, win: Option<&SlotWin<'_>>, geo_ok: bool) {
+    /// Counts one slot's decision: a request for `placement` in the statistics row of the
+    /// winning campaign and creative (0 and 0 when nothing filled it), and the metrics. The
+    /// impression is counted later, when the ad has rendered (`crate::tracking`).
+    pub fn record_slot(
+        &self,
+        visitor: &Visitor,
+        placement: &Placement,
+        win: Option<&SlotWin<'_>>,
+        geo_ok: bool,
+    ) {
+        if let Some(stats) = &self.stats {
+            stats.add(
+                RowKey {
+                    minute: current_minute(),
+                    country: visitor.country,
+                    os: visitor.agent.os,
+                    browser: visitor.agent.browser,
+                    device: visitor.agent.device,
+                    campaign_id: win.map_or(0, |w| w.campaign.id),
+                    placement: placement.sym,
+                    creative_id: win.map_or(0, |w| w.creative.id),
+                },
+                Counts {
+                    requests: 1,
+                    ..Counts::default()
+                },
+            );
+        }
         let outcome = match win {
             Some(w) => Outcome::Won(w.campaign),
             None if visitor.agent.is_bot() && !self.bots_win => Outcome::Bot,

@@ -78,7 +78,7 @@ enum Command {
         /// End (exclusive), RFC 3339 or Unix seconds (default now).
         #[arg(long)]
         to: Option<String>,
-        /// Group by, comma-separated: campaign, country, browser, os, device.
+        /// Group by, comma-separated: campaign, country, browser, os, device, placement, creative.
         #[arg(long, value_delimiter = ',')]
         by: Vec<String>,
         /// Output format.
@@ -345,10 +345,22 @@ fn check(path: Option<&Path>) -> Result<()> {
     )?;
     writeln!(
         out,
-        "campaigns: {} ({} campaigns, {} active)",
+        "campaigns: {} ({} campaigns, {} active; {} creatives; {} placements: {})",
         catalogue.source().display(),
         catalogue.campaigns().len(),
-        catalogue.active()
+        catalogue.active(),
+        catalogue
+            .campaigns()
+            .iter()
+            .map(|c| c.creatives.len())
+            .sum::<usize>(),
+        catalogue.placements().len(),
+        catalogue
+            .placements()
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     )?;
     writeln!(
         out,

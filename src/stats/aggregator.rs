@@ -1,6 +1,7 @@
 //! Per-minute aggregation on the request path.
 //!
-//! Every decision adds 1 to a row keyed by (minute, country, os, browser, device, campaign). The
+//! Every decision adds 1 to a row keyed by (minute, country, os, browser, device, campaign,
+//! placement, creative); tracking events add impressions, viewables and clicks to the same keys. The
 //! Go server kept one map behind one mutex; here each worker thread has its own shard (assigned
 //! on its first request), so the mutex it takes is practically never contended, and no lock is
 //! held across I/O. The key is `Copy` (interned names), so a known key costs no allocation.
@@ -35,29 +36,53 @@ pub struct RowKey {
     pub device: Device,
     /// Winning campaign, 0 for none.
     pub campaign_id: u32,
+    /// Placement id, [`Sym::EMPTY`] for `GET /ad`.
+    pub placement: Sym,
+    /// Winning creative, 0 for none and for `GET /ad`.
+    pub creative_id: u32,
 }
 
 impl Hash for RowKey {
     /// Three words instead of one write per field: this hashes on every request. Equal keys
-    /// write equal words, as `Eq` requires.
+    /// write equal words, as `Eq` requires; the creative is folded into the campaign's half-word
+    /// (a creative belongs to one campaign, so this rarely makes two keys collide).
     fn hash<H: Hasher>(&self, state: &mut H) {
         let country = self.country.map_or(0, |c| {
             let [a, b] = c.letters();
             1 << 16 | u32::from(a) << 8 | u32::from(b)
         });
-        state.write_u64(u64::from(self.minute) << 32 | u64::from(self.campaign_id));
+        let campaign = self.campaign_id ^ self.creative_id.rotate_left(16);
+        state.write_u64(u64::from(self.minute) << 32 | u64::from(campaign));
         state.write_u64((self.os.index() as u64) << 32 | self.browser.index() as u64);
-        state.write_u32(country << 8 | self.device.index() as u32);
+        state.write_u64(
+            u64::from(country << 8 | self.device.index() as u32) << 32
+                | u64::from(self.placement.index() as u32),
+        );
     }
 }
 
 /// Counts of one row.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// Ad requests.
+    /// Ad requests (`GET /ad`) or slots asked (decisions).
     pub requests: u64,
-    /// Requests a campaign won.
+    /// Impressions: `GET /ad` requests a campaign won, or counted impression beacons.
     pub impressions: u64,
+    /// Counted viewable beacons.
+    pub viewables: u64,
+    /// Counted clicks.
+    pub clicks: u64,
+}
+
+impl Counts {
+    /// Adds `other` to these counts (wrapping is impossible in practice: 2^64 events).
+    #[inline]
+    fn add(&mut self, other: Counts) {
+        self.requests += other.requests;
+        self.impressions += other.impressions;
+        self.viewables += other.viewables;
+        self.clicks += other.clicks;
+    }
 }
 
 /// foldhash: the key is a few small integers, and SipHash (std's default, built against
@@ -125,6 +150,14 @@ impl Aggregator {
         counts.impressions += u64::from(key.campaign_id != 0);
     }
 
+    /// Adds `counts` to the row of `key` (decisions: one request per slot asked; tracking: one
+    /// impression, viewable or click).
+    #[inline]
+    pub fn add(&self, key: RowKey, counts: Counts) {
+        let mut map = self.shard().live.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(key).or_default().add(counts);
+    }
+
     /// Takes every row counted so far, merged across shards, as plain rows.
     pub fn drain(&self) -> Vec<Row> {
         let mut merged = Map::default();
@@ -135,9 +168,7 @@ impl Aggregator {
                 std::mem::swap(&mut *live, &mut *spare);
             }
             for (key, counts) in spare.drain() {
-                let m = merged.entry(key).or_default();
-                m.requests += counts.requests;
-                m.impressions += counts.impressions;
+                merged.entry(key).or_default().add(counts);
             }
         }
         let mut rows: Vec<Row> = merged
@@ -152,29 +183,15 @@ impl Aggregator {
                 browser: k.browser.name().to_string(),
                 device: k.device.as_str().to_string(),
                 campaign_id: k.campaign_id,
+                placement: k.placement.name().to_string(),
+                creative_id: k.creative_id,
                 requests: c.requests,
                 impressions: c.impressions,
-                clicks: 0,
+                viewables: c.viewables,
+                clicks: c.clicks,
             })
             .collect();
-        rows.sort_by(|a, b| {
-            (
-                a.ts,
-                &a.country,
-                &a.os,
-                &a.browser,
-                &a.device,
-                a.campaign_id,
-            )
-                .cmp(&(
-                    b.ts,
-                    &b.country,
-                    &b.os,
-                    &b.browser,
-                    &b.device,
-                    b.campaign_id,
-                ))
-        });
+        rows.sort_by(|a, b| a.key().cmp(&b.key()));
         rows
     }
 }
@@ -193,6 +210,8 @@ mod tests {
             browser: Sym::intern("Chrome"),
             device: Device::Desktop,
             campaign_id,
+            placement: Sym::EMPTY,
+            creative_id: 0,
         }
     }
 
@@ -233,5 +252,65 @@ mod tests {
                 .all(|r| r.country == "DE" && r.device == "desktop" && r.ts == 120)
         );
         assert!(agg.drain().is_empty());
+    }
+
+    #[test]
+    fn add_keeps_placements_and_creatives_apart() {
+        let agg = Aggregator::new(2);
+        let slot = |placement: &str, creative_id| RowKey {
+            placement: Sym::intern(placement),
+            creative_id,
+            ..key(7)
+        };
+        agg.record(key(7));
+        agg.add(
+            slot("top", 701),
+            Counts {
+                requests: 1,
+                ..Counts::default()
+            },
+        );
+        agg.add(
+            slot("top", 701),
+            Counts {
+                impressions: 1,
+                viewables: 1,
+                ..Counts::default()
+            },
+        );
+        agg.add(
+            slot("top", 702),
+            Counts {
+                clicks: 2,
+                ..Counts::default()
+            },
+        );
+        agg.add(
+            slot("side", 701),
+            Counts {
+                requests: 3,
+                ..Counts::default()
+            },
+        );
+        let got: Vec<_> = agg
+            .drain()
+            .into_iter()
+            .map(|r| {
+                (
+                    r.placement,
+                    r.creative_id,
+                    [r.requests, r.impressions, r.viewables, r.clicks],
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (String::new(), 0, [1, 1, 0, 0]),
+                ("side".to_string(), 701, [3, 0, 0, 0]),
+                ("top".to_string(), 701, [1, 1, 1, 0]),
+                ("top".to_string(), 702, [0, 0, 0, 2]),
+            ]
+        );
     }
 }

@@ -463,6 +463,9 @@ mod tests {
                 campaign_id: 1,
                 requests: 3,
                 impressions: 3,
+                placement: String::new(),
+                creative_id: 0,
+                viewables: 0,
                 clicks: 0,
             }],
         }

@@ -1,14 +1,26 @@
 //! `rotator report`: what to ask a sink for, and how to print the answer.
 //!
 //! Each sink turns a [`ReportQuery`] into one `GROUP BY` query; this module only validates the
-//! grouping, and formats rows as a table, CSV or JSON with totals and fill rate.
+//! grouping, and formats rows as a table, CSV or JSON with totals and rates.
+//!
+//! Rates: `fill_rate` = impressions / requests, `ctr` = clicks / impressions, `viewable_rate` =
+//! viewables / impressions; each is 0 when its denominator is 0 (a number in every format, so a
+//! column of a spreadsheet or a JSON field never changes type).
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
 /// Columns a report can be grouped by (whitelisted: they are pasted into SQL).
-pub const GROUP_COLUMNS: [&str; 5] = ["campaign", "country", "browser", "os", "device"];
+pub const GROUP_COLUMNS: [&str; 7] = [
+    "campaign",
+    "country",
+    "browser",
+    "os",
+    "device",
+    "placement",
+    "creative",
+];
 
 /// The SQL column of a grouping name.
 pub fn column(group: &str) -> Option<&'static str> {
@@ -18,6 +30,8 @@ pub fn column(group: &str) -> Option<&'static str> {
         "browser" => Some("browser"),
         "os" => Some("os"),
         "device" => Some("device"),
+        "placement" => Some("placement"),
+        "creative" => Some("creative_id"),
         _ => None,
     }
 }
@@ -35,7 +49,7 @@ pub struct ReportQuery {
 
 impl ReportQuery {
     /// `SELECT` list and `GROUP BY` list for this grouping. Every sink's SQL uses the same text:
-    /// `campaign_id` is cast so that all group values come back as strings.
+    /// `campaign_id` and `creative_id` are cast so that all group values come back as strings.
     pub fn group_sql(&self, cast: impl Fn(&str) -> String) -> (String, String) {
         if self.by.is_empty() {
             return (String::new(), String::new());
@@ -61,7 +75,31 @@ pub struct ReportRow {
     pub requests: u64,
     /// Impressions.
     pub impressions: u64,
+    /// Viewable impressions.
+    pub viewables: u64,
+    /// Clicks.
+    pub clicks: u64,
 }
+
+impl ReportRow {
+    /// The counts in output order: requests, impressions, viewables, clicks.
+    fn counts(&self) -> [u64; 4] {
+        [self.requests, self.impressions, self.viewables, self.clicks]
+    }
+
+    /// The rates in output order: fill rate, CTR, viewable rate.
+    fn rates(&self) -> [f64; 3] {
+        [
+            ratio(self.impressions, self.requests),
+            ratio(self.clicks, self.impressions),
+            ratio(self.viewables, self.impressions),
+        ]
+    }
+}
+
+/// Names of the count columns, then of the rate columns (JSON and CSV).
+const COUNT_NAMES: [&str; 4] = ["requests", "impressions", "viewables", "clicks"];
+const RATE_NAMES: [&str; 3] = ["fill_rate", "ctr", "viewable_rate"];
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -74,20 +112,24 @@ pub enum Format {
     Json,
 }
 
-fn fill_rate(requests: u64, impressions: u64) -> f64 {
-    if requests == 0 {
+/// `part / whole`, 0 when `whole` is 0.
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
         0.0
     } else {
-        impressions as f64 / requests as f64
+        part as f64 / whole as f64
     }
 }
 
 /// Renders rows (sorted by requests, descending) and a total.
 pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> String {
+    let sum = |f: fn(&ReportRow) -> u64| rows.iter().fold(0u64, |t, r| t.saturating_add(f(r)));
     let total = ReportRow {
         group: query.by.iter().map(|_| String::new()).collect(),
-        requests: rows.iter().fold(0, |t, r| t.saturating_add(r.requests)),
-        impressions: rows.iter().fold(0, |t, r| t.saturating_add(r.impressions)),
+        requests: sum(|r| r.requests),
+        impressions: sum(|r| r.impressions),
+        viewables: sum(|r| r.viewables),
+        clicks: sum(|r| r.clicks),
     };
     if query.by.is_empty() {
         // Without grouping the one row is the total (summed above), printed once.
@@ -101,7 +143,11 @@ pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> 
     let names: Vec<&str> = query
         .by
         .iter()
-        .map(|c| if *c == "campaign_id" { "campaign" } else { c })
+        .map(|c| match *c {
+            "campaign_id" => "campaign",
+            "creative_id" => "creative",
+            c => c,
+        })
         .collect();
     let mut out = String::new();
     match format {
@@ -112,12 +158,12 @@ pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> 
                     .zip(&r.group)
                     .map(|(n, v)| (n.to_string(), v.clone().into()))
                     .collect();
-                fields.insert("requests".into(), r.requests.into());
-                fields.insert("impressions".into(), r.impressions.into());
-                fields.insert(
-                    "fill_rate".into(),
-                    fill_rate(r.requests, r.impressions).into(),
-                );
+                for (name, n) in COUNT_NAMES.iter().zip(r.counts()) {
+                    fields.insert(name.to_string(), n.into());
+                }
+                for (name, rate) in RATE_NAMES.iter().zip(r.rates()) {
+                    fields.insert(name.to_string(), rate.into());
+                }
                 serde_json::Value::Object(fields)
             };
             let doc = serde_json::json!({
@@ -133,7 +179,8 @@ pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> 
             let header: Vec<&str> = names
                 .iter()
                 .copied()
-                .chain(["requests", "impressions", "fill_rate"])
+                .chain(COUNT_NAMES)
+                .chain(RATE_NAMES)
                 .collect();
             let _ = writeln!(out, "{}", header.join(","));
             for r in rows.iter().chain([&total]) {
@@ -142,11 +189,8 @@ pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> 
                 if std::ptr::eq(r, &total) && !names.is_empty() {
                     fields[0] = "TOTAL".into();
                 }
-                fields.extend([
-                    r.requests.to_string(),
-                    r.impressions.to_string(),
-                    format!("{:.4}", fill_rate(r.requests, r.impressions)),
-                ]);
+                fields.extend(r.counts().map(|n| n.to_string()));
+                fields.extend(r.rates().map(|rate| format!("{rate:.4}")));
                 let _ = writeln!(out, "{}", fields.join(","));
             }
         }
@@ -155,7 +199,8 @@ pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> 
                 names
                     .iter()
                     .map(|s| s.to_string())
-                    .chain(["requests".into(), "impressions".into(), "fill rate".into()])
+                    .chain(COUNT_NAMES.map(String::from))
+                    .chain(RATE_NAMES.map(|n| n.replace('_', " ")))
                     .collect(),
             ];
             for r in &rows {
@@ -200,11 +245,8 @@ fn cells(r: &ReportRow) -> Vec<String> {
         .iter()
         .map(|g| if g.is_empty() { "-".into() } else { g.clone() })
         .collect();
-    c.extend([
-        r.requests.to_string(),
-        r.impressions.to_string(),
-        format!("{:.1}%", 100.0 * fill_rate(r.requests, r.impressions)),
-    ]);
+    c.extend(r.counts().map(|n| n.to_string()));
+    c.extend(r.rates().map(|rate| format!("{:.1}%", 100.0 * rate)));
     c
 }
 
@@ -220,24 +262,24 @@ fn csv_field(value: &str) -> String {
 mod tests {
     use super::*;
 
+    fn line(group: &[&str], counts: [u64; 4]) -> ReportRow {
+        let [requests, impressions, viewables, clicks] = counts;
+        ReportRow {
+            group: group.iter().map(|g| g.to_string()).collect(),
+            requests,
+            impressions,
+            viewables,
+            clicks,
+        }
+    }
+
     fn rows() -> (ReportQuery, Vec<ReportRow>) {
         let q = ReportQuery {
             from: 0,
             to: 60,
             by: vec!["campaign_id"],
         };
-        let r = vec![
-            ReportRow {
-                group: vec!["0".into()],
-                requests: 5,
-                impressions: 0,
-            },
-            ReportRow {
-                group: vec!["1".into()],
-                requests: 15,
-                impressions: 15,
-            },
-        ];
+        let r = vec![line(&["0"], [5, 0, 0, 0]), line(&["1"], [15, 15, 0, 0])];
         (q, r)
     }
 
@@ -250,11 +292,55 @@ mod tests {
         let csv = render(&q, r.clone(), Format::Csv);
         assert_eq!(
             csv,
-            "campaign,requests,impressions,fill_rate\n1,15,15,1.0000\n0,5,0,0.0000\nTOTAL,20,15,0.7500\n"
+            "campaign,requests,impressions,viewables,clicks,fill_rate,ctr,viewable_rate\n\
+             1,15,15,0,0,1.0000,0.0000,0.0000\n\
+             0,5,0,0,0,0.0000,0.0000,0.0000\n\
+             TOTAL,20,15,0,0,0.7500,0.0000,0.0000\n"
         );
         let json: serde_json::Value = serde_json::from_str(&render(&q, r, Format::Json)).unwrap();
         assert_eq!(json["total"]["requests"], 20);
         assert_eq!(json["rows"][0]["campaign"], "1");
+    }
+
+    /// Issue 10 item 5: placement and creative groupings, viewables, clicks, CTR (clicks /
+    /// impressions) and viewable rate (viewables / impressions), 0 without impressions.
+    #[test]
+    fn issue10_placements_creatives_ctr_and_viewable_rate() {
+        let q = ReportQuery {
+            from: 0,
+            to: 60,
+            by: vec!["placement", "creative_id"],
+        };
+        let r = vec![
+            line(&["top", "701"], [40, 20, 10, 2]),
+            line(&["side", "0"], [10, 0, 0, 0]),
+            line(&["", "0"], [30, 30, 0, 0]),
+        ];
+        assert_eq!(
+            render(&q, r.clone(), Format::Csv),
+            "placement,creative,requests,impressions,viewables,clicks,fill_rate,ctr,viewable_rate\n\
+             top,701,40,20,10,2,0.5000,0.1000,0.5000\n\
+             ,0,30,30,0,0,1.0000,0.0000,0.0000\n\
+             side,0,10,0,0,0,0.0000,0.0000,0.0000\n\
+             TOTAL,,80,50,10,2,0.6250,0.0400,0.2000\n"
+        );
+        assert_eq!(
+            render(&q, r.clone(), Format::Table),
+            "placement  creative  requests  impressions  viewables  clicks  fill rate    ctr  viewable rate\n\
+             top        701             40           20         10       2      50.0%  10.0%          50.0%\n\
+             -          0               30           30          0       0     100.0%   0.0%           0.0%\n\
+             side       0               10            0          0       0       0.0%   0.0%           0.0%\n\
+             TOTAL      -               80           50         10       2      62.5%   4.0%          20.0%\n"
+        );
+        let json: serde_json::Value = serde_json::from_str(&render(&q, r, Format::Json)).unwrap();
+        assert_eq!(
+            json["rows"][0],
+            serde_json::json!({"placement": "top", "creative": "701", "requests": 40,
+                "impressions": 20, "viewables": 10, "clicks": 2, "fill_rate": 0.5, "ctr": 0.1,
+                "viewable_rate": 0.5})
+        );
+        assert_eq!(json["total"]["ctr"], 0.04);
+        assert_eq!(json["total"]["viewable_rate"], 0.2);
     }
 
     /// Issue 8 item 3: without `--by` the sink's one row is the total; it used to be cleared
@@ -266,24 +352,23 @@ mod tests {
             to: 60,
             by: vec![],
         };
-        let r = vec![ReportRow {
-            group: vec![],
-            requests: 20,
-            impressions: 15,
-        }];
+        let r = vec![line(&[], [20, 15, 3, 6])];
         assert_eq!(
             render(&q, r.clone(), Format::Table),
-            "requests  impressions  fill rate\n      20           15      75.0%\n"
+            "requests  impressions  viewables  clicks  fill rate    ctr  viewable rate\n\
+             \x20     20           15          3       6      75.0%  40.0%          20.0%\n"
         );
         assert_eq!(
             render(&q, r.clone(), Format::Csv),
-            "requests,impressions,fill_rate\n20,15,0.7500\n"
+            "requests,impressions,viewables,clicks,fill_rate,ctr,viewable_rate\n\
+             20,15,3,6,0.7500,0.4000,0.2000\n"
         );
         let json: serde_json::Value = serde_json::from_str(&render(&q, r, Format::Json)).unwrap();
         assert_eq!(json["rows"], serde_json::json!([]));
         assert_eq!(
             json["total"],
-            serde_json::json!({"requests": 20, "impressions": 15, "fill_rate": 0.75})
+            serde_json::json!({"requests": 20, "impressions": 15, "viewables": 3, "clicks": 6,
+                "fill_rate": 0.75, "ctr": 0.4, "viewable_rate": 0.2})
         );
     }
 
@@ -293,7 +378,7 @@ mod tests {
         r[0].requests = u64::MAX;
         let csv = render(&q, r, Format::Csv);
         assert!(
-            csv.ends_with(&format!("TOTAL,{},15,0.0000\n", u64::MAX)),
+            csv.ends_with(&format!("TOTAL,{},15,0,0,0.0000,0.0000,0.0000\n", u64::MAX)),
             "{csv}"
         );
     }

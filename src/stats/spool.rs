@@ -338,6 +338,9 @@ mod tests {
                 campaign_id: 0,
                 requests,
                 impressions: 0,
+                placement: String::new(),
+                creative_id: 0,
+                viewables: 0,
                 clicks: 0,
             }],
         }

@@ -223,6 +223,11 @@ impl Server {
         request(self.addr, "GET", path, headers)
     }
 
+    /// `POST path` with a JSON body, on the ad listener.
+    pub fn post_json(&self, path: &str, body: &str) -> Response {
+        post(self.addr, path, "application/json", body.as_bytes())
+    }
+
     /// An ad request from a visitor at `ip` (via a trusted `X-Forwarded-For`) with `ua`.
     pub fn ad(&self, ip: &str, ua: &str) -> Response {
         self.get(
@@ -268,6 +273,26 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &[u
     parse(&send_raw(addr, &request_bytes(method, path, headers)))
 }
 
+/// `POST path` with a body of `content_type` and `Connection: close`.
+pub fn post(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> Response {
+    parse(&send_raw(addr, &post_bytes(path, content_type, body)))
+}
+
+/// The bytes of a `POST` with a body.
+pub fn post_bytes(path: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let length = body.len().to_string();
+    let mut raw = request_bytes(
+        "POST",
+        path,
+        &[
+            ("Content-Type", content_type.as_bytes()),
+            ("Content-Length", length.as_bytes()),
+        ],
+    );
+    raw.extend_from_slice(body);
+    raw
+}
+
 /// Like [`request`], from the local address `source` (any 127.x.y.z works on loopback), so a
 /// test can be a visitor whose address is not the proxy's.
 pub fn request_from(
@@ -277,6 +302,11 @@ pub fn request_from(
     path: &str,
     headers: &[(&str, &[u8])],
 ) -> Response {
+    parse(&send_raw_from(source, addr, &request_bytes(method, path, headers)))
+}
+
+/// Like [`send_raw`], from the local address `source`.
+pub fn send_raw_from(source: std::net::IpAddr, addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
     socket.connect(&addr.into()).unwrap();
@@ -284,12 +314,10 @@ pub fn request_from(
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    stream
-        .write_all(&request_bytes(method, path, headers))
-        .unwrap();
+    stream.write_all(bytes).unwrap();
     let mut out = Vec::new();
     let _ = stream.read_to_end(&mut out);
-    parse(&out)
+    out
 }
 
 fn request_bytes(method: &str, path: &str, headers: &[(&str, &[u8])]) -> Vec<u8> {

@@ -12,6 +12,7 @@ mod server;
 mod sinks;
 mod stats;
 mod support;
+mod upgrade;
 mod user_agents;
 
 /// Counts allocations per thread, for `allocations`; otherwise the system allocator.

@@ -40,8 +40,11 @@ fn row(
         browser: "Chrome".into(),
         device: device.into(),
         campaign_id,
+        placement: String::new(),
+        creative_id: 0,
         requests,
         impressions,
+        viewables: 0,
         clicks: 0,
     }
 }
@@ -72,6 +75,8 @@ fn line(group: &[&str], requests: u64, impressions: u64) -> ReportRow {
         group: group.iter().map(|g| g.to_string()).collect(),
         requests,
         impressions,
+        viewables: 0,
+        clicks: 0,
     }
 }
 
@@ -275,7 +280,7 @@ async fn clickhouse_sink_writes_reports_and_classifies_errors_async() {
             clickhouse_admin(&url)
                 .query(&format!(
                     "CREATE TABLE {db}.wrong (ts Date, country String, os String, browser String, device String, \
-                     campaign_id UInt32, requests UInt64, impressions UInt64, clicks UInt64) \
+                     campaign_id UInt32, placement String, creative_id UInt32, requests UInt64, impressions UInt64, viewables UInt64, clicks UInt64) \
                      ENGINE = MergeTree() ORDER BY ts"
                 ))
                 .execute()

@@ -12,12 +12,13 @@ use crate::harness::{Server, config, repo, report_json, request, run, seed_campa
 use crate::server::{CHROME, CHROME_ANDROID, DE, FIREFOX, GOOGLEBOT, RU, US};
 use crate::support::{service_lock, service_url};
 
-/// (campaign, country, browser, os, device) → (requests, impressions), as the report prints them.
-type Sums = BTreeMap<[String; 5], (u64, u64)>;
+/// (campaign, country, browser, os, device, placement, creative) → (requests, impressions,
+/// viewables, clicks), as the report prints them.
+pub type Sums = BTreeMap<[String; 7], [u64; 4]>;
 
 /// The known mix: per round, 3 RU Chrome desktop (campaign 1), 2 DE Chrome Mobile (2),
 /// 1 US Firefox (3), 1 Googlebot (bot, 0) and 1 US Chrome (no fill, 0).
-fn send_round(s: &Server) {
+pub fn send_round(s: &Server) {
     for _ in 0..3 {
         assert_eq!(s.ad(RU, CHROME).status, 303);
     }
@@ -29,83 +30,139 @@ fn send_round(s: &Server) {
     assert_eq!(s.ad(US, CHROME).status, 303);
 }
 
-fn expected(rounds: u64) -> Sums {
-    let key = |k: [&str; 5]| k.map(String::from);
+/// A key of [`Sums`] for a `GET /ad` row (no placement, no creative).
+pub fn ad_key(k: [&str; 5]) -> [String; 7] {
+    let [campaign, country, browser, os, device] = k;
+    [campaign, country, browser, os, device, "", "0"].map(String::from)
+}
+
+/// What `rounds` rounds of [`send_round`] count.
+pub fn expected(rounds: u64) -> Sums {
     Sums::from([
         (
-            key(["1", "RU", "Chrome", "Windows", "desktop"]),
-            (3 * rounds, 3 * rounds),
+            ad_key(["1", "RU", "Chrome", "Windows", "desktop"]),
+            [3 * rounds, 3 * rounds, 0, 0],
         ),
         (
-            key(["2", "DE", "Chrome Mobile", "Android", "mobile"]),
-            (2 * rounds, 2 * rounds),
+            ad_key(["2", "DE", "Chrome Mobile", "Android", "mobile"]),
+            [2 * rounds, 2 * rounds, 0, 0],
         ),
         (
-            key(["3", "US", "Firefox", "Linux", "desktop"]),
-            (rounds, rounds),
+            ad_key(["3", "US", "Firefox", "Linux", "desktop"]),
+            [rounds, rounds, 0, 0],
         ),
-        (key(["0", "RU", "Googlebot", "Other", "bot"]), (rounds, 0)),
         (
-            key(["0", "US", "Chrome", "Windows", "desktop"]),
-            (rounds, 0),
+            ad_key(["0", "RU", "Googlebot", "Other", "bot"]),
+            [rounds, 0, 0, 0],
+        ),
+        (
+            ad_key(["0", "US", "Chrome", "Windows", "desktop"]),
+            [rounds, 0, 0, 0],
         ),
     ])
 }
 
 /// Reads the sink through `rotator report --format json` (so the report is tested too).
-fn report(dir: &std::path::Path) -> Sums {
-    let v = report_json(dir, Some("campaign,country,browser,os,device"));
+pub fn report(dir: &std::path::Path) -> Sums {
+    let v = report_json(dir, Some(&KEY_COLUMNS.join(",")));
     let mut sums = Sums::new();
     for row in v["rows"].as_array().unwrap() {
-        let key = ["campaign", "country", "browser", "os", "device"]
-            .map(|k| row[k].as_str().unwrap().to_string());
+        let key = KEY_COLUMNS.map(|k| row[k].as_str().unwrap().to_string());
         let entry = sums.entry(key).or_default();
-        entry.0 += row["requests"].as_u64().unwrap();
-        entry.1 += row["impressions"].as_u64().unwrap();
+        for (sum, name) in entry.iter_mut().zip(COUNT_COLUMNS) {
+            *sum += row[name].as_u64().unwrap();
+        }
     }
     sums
 }
 
-/// Groupings `rotator report --by` is checked with: none, each column alone, and two
+/// Groupings `rotator report --by` is checked with: none, each column alone, and three
 /// combinations.
-const GROUPINGS: [&[&str]; 8] = [
+const GROUPINGS: [&[&str]; 11] = [
     &[],
     &["campaign"],
     &["country"],
     &["browser"],
     &["os"],
     &["device"],
+    &["placement"],
+    &["creative"],
     &["country", "device"],
-    &["campaign", "country", "browser", "os", "device"],
+    &["placement", "creative"],
+    &KEY_COLUMNS,
 ];
 
-/// The five key columns in the order of [`Sums`] keys.
-const KEY_COLUMNS: [&str; 5] = ["campaign", "country", "browser", "os", "device"];
+/// The key columns in the order of [`Sums`] keys.
+const KEY_COLUMNS: [&str; 7] = [
+    "campaign",
+    "country",
+    "browser",
+    "os",
+    "device",
+    "placement",
+    "creative",
+];
 
-/// One parsed report: group values → (requests, impressions), and the total line.
-type Parsed = (BTreeMap<Vec<String>, (u64, u64)>, (u64, u64));
+/// The count columns in the order of [`Sums`] values, then the rates.
+const COUNT_COLUMNS: [&str; 4] = ["requests", "impressions", "viewables", "clicks"];
+const RATE_COLUMNS: [&str; 3] = ["fill_rate", "ctr", "viewable_rate"];
 
-/// Parses `rotator report` output in `format` for a grouping of `n` columns.
+/// One parsed report: group values → counts, and the total line.
+type Parsed = (BTreeMap<Vec<String>, [u64; 4]>, [u64; 4]);
+
+/// `part / whole`, 0 without a whole, as the report defines its rates.
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+/// Checks the rates printed beside `counts`: fill rate, CTR, viewable rate, each within the
+/// rounding of its format (`scale` 1 for JSON and CSV, 100 for the table's percentages).
+fn assert_rates(counts: [u64; 4], rates: &[f64], tolerance: f64, scale: f64, out: &str) {
+    let [requests, impressions, viewables, clicks] = counts;
+    let want = [
+        ratio(impressions, requests),
+        ratio(clicks, impressions),
+        ratio(viewables, impressions),
+    ];
+    for (got, want) in rates.iter().zip(want) {
+        assert!(
+            (got - scale * want).abs() <= tolerance,
+            "rate {got} for {counts:?} (want {})\n{out}",
+            scale * want
+        );
+    }
+}
+
+/// Parses `rotator report` output in `format` for a grouping of `n` columns, checking every
+/// rate against the counts of its line.
 fn parse_report(format: &str, n: usize, out: &str) -> Parsed {
     let mut groups = BTreeMap::new();
     let number = |s: &str| -> u64 { s.parse().unwrap_or_else(|e| panic!("{s:?}: {e}\n{out}")) };
+    let width = n + COUNT_COLUMNS.len() + RATE_COLUMNS.len();
     let total = match format {
         "json" => {
             let v: serde_json::Value =
                 serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"));
             let counts = |r: &serde_json::Value| {
-                (
-                    r["requests"].as_u64().unwrap(),
-                    r["impressions"].as_u64().unwrap(),
-                )
+                let counts = COUNT_COLUMNS.map(|c| r[c].as_u64().unwrap());
+                let rates: Vec<f64> = RATE_COLUMNS
+                    .iter()
+                    .map(|c| r[c].as_f64().unwrap())
+                    .collect();
+                assert_rates(counts, &rates, 1e-12, 1.0, out);
+                counts
             };
             for row in v["rows"].as_array().unwrap() {
                 let obj = row.as_object().unwrap();
-                assert_eq!(obj.len(), n + 3, "{row}");
+                assert_eq!(obj.len(), width, "{row}");
                 let group = obj
                     .iter()
                     .filter(|(k, _)| {
-                        !["requests", "impressions", "fill_rate"].contains(&k.as_str())
+                        !COUNT_COLUMNS.contains(&k.as_str()) && !RATE_COLUMNS.contains(&k.as_str())
                     })
                     .map(|(k, v)| {
                         (
@@ -141,17 +198,47 @@ fn parse_report(format: &str, n: usize, out: &str) -> Parsed {
                 })
                 .collect();
             assert!(lines.len() >= 2, "{out}");
+            let header: Vec<String> = COUNT_COLUMNS
+                .iter()
+                .chain(&RATE_COLUMNS)
+                .map(|c| {
+                    if format == "csv" {
+                        c.to_string()
+                    } else {
+                        c.replace('_', " ")
+                    }
+                })
+                .collect();
+            assert_eq!(lines[0][n..], header, "{out}");
             for l in &lines {
-                assert_eq!(l.len(), n + 3, "{l:?} in\n{out}");
+                assert_eq!(l.len(), width, "{l:?} in\n{out}");
             }
+            let line = |l: &[String]| {
+                let counts: [u64; 4] = std::array::from_fn(|i| number(&l[n + i]));
+                let (scale, tolerance) = if format == "csv" {
+                    (1.0, 0.00005)
+                } else {
+                    (100.0, 0.05)
+                };
+                let rates: Vec<f64> = l[n + 4..]
+                    .iter()
+                    .map(|r| {
+                        r.trim_end_matches('%')
+                            .parse()
+                            .unwrap_or_else(|e| panic!("{r:?}: {e}\n{out}"))
+                    })
+                    .collect();
+                assert_rates(counts, &rates, tolerance, scale, out);
+                counts
+            };
             let (total, rows) = lines[1..].split_last().unwrap();
             if n > 0 {
                 assert_eq!(total[0], "TOTAL", "{out}");
             }
             for r in rows {
-                groups.insert(r[..n].to_vec(), (number(&r[n]), number(&r[n + 1])));
+                groups.insert(r[..n].to_vec(), line(r));
             }
-            (number(&total[n]), number(&total[n + 1]))
+            line(total)
         }
         _ => unreachable!("{format}"),
     };
@@ -159,22 +246,26 @@ fn parse_report(format: &str, n: usize, out: &str) -> Parsed {
 }
 
 /// Checks every grouping in every format against `expected` (issue 8 item 3: totals without
-/// `--by` used to print 0).
-fn assert_every_report(dir: &std::path::Path, expected: &Sums) {
+/// `--by` used to print 0; issue 10 item 5: placement, creative, viewables, clicks and rates).
+pub fn assert_every_report(dir: &std::path::Path, expected: &Sums) {
     let cfg = dir.join("rotator.toml");
-    let total = expected
-        .values()
-        .fold((0, 0), |t, v| (t.0 + v.0, t.1 + v.1));
+    let add = |t: &mut [u64; 4], v: &[u64; 4]| {
+        for (t, v) in t.iter_mut().zip(v) {
+            *t += v;
+        }
+    };
+    let mut total = [0; 4];
+    for v in expected.values() {
+        add(&mut total, v);
+    }
     for by in GROUPINGS {
-        let mut want = BTreeMap::<Vec<String>, (u64, u64)>::new();
+        let mut want = BTreeMap::<Vec<String>, [u64; 4]>::new();
         for (key, v) in expected {
             let group = by
                 .iter()
                 .map(|c| key[KEY_COLUMNS.iter().position(|k| k == c).unwrap()].clone())
                 .collect();
-            let e = want.entry(group).or_default();
-            e.0 += v.0;
-            e.1 += v.1;
+            add(want.entry(group).or_default(), v);
         }
         if by.is_empty() {
             // The one line is the total; it is not repeated as a row.
@@ -324,8 +415,8 @@ fn issue9_bad_spooled_batches_do_not_block_the_rest() {
     assert!(left.is_empty(), "{left:?}\n{log}");
     let mut want = expected(1);
     want.insert(
-        ["3", "DE", "Firefox", "Linux", "desktop"].map(String::from),
-        (5, 0),
+        ad_key(["3", "DE", "Firefox", "Linux", "desktop"]),
+        [5, 0, 0, 0],
     );
     assert_eq!(report(&dir), want, "{log}");
 }

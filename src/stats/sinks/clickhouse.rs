@@ -22,6 +22,9 @@
 //!   before any part is written), except for a batch spanning two months: its monthly partitions
 //!   are written one after the other, and a failure between them leaves the first one counted.
 //!
+//! Upgrade from release 0.1.0: `upgrade.rs` (a copy and a `RENAME` swap). Dimension columns are
+//! `LowCardinality(String)` on servers from 20.1 on (only 18.16 was tested here), `String` before.
+//!
 //! The table is a `SummingMergeTree`: rows with the same key are summed when parts merge, which
 //! may happen much later, so every read aggregates with `sum()` / `GROUP BY`.
 
@@ -37,6 +40,8 @@ use crate::config::ClickhouseConfig;
 use crate::stats::Batch;
 use crate::stats::report::{ReportQuery, ReportRow};
 
+mod upgrade;
+
 const NAME: &str = "clickhouse";
 
 /// The DDL, also readable in `schema/clickhouse.sql` (`{db}` and `{table}` are replaced).
@@ -46,6 +51,13 @@ pub const SCHEMA: &str = include_str!("../../../schema/clickhouse.sql");
 const DEDUP_SINCE: ServerVersion = ServerVersion {
     major: 22,
     minor: 2,
+};
+
+/// The first release this sink uses `LowCardinality(String)` on (experimental before 19.x; 20.1
+/// is a safe floor).
+const LOW_CARDINALITY_SINCE: ServerVersion = ServerVersion {
+    major: 20,
+    minor: 1,
 };
 
 /// Appended to `CREATE TABLE` on servers from [`DEDUP_SINCE`] on.
@@ -87,6 +99,15 @@ impl ServerVersion {
     fn deduplicates(self) -> bool {
         self >= DEDUP_SINCE
     }
+
+    /// The type of the dimension columns (country, os, browser, device, placement).
+    fn dimension(self) -> &'static str {
+        if self >= LOW_CARDINALITY_SINCE {
+            "LowCardinality(String)"
+        } else {
+            "String"
+        }
+    }
 }
 
 /// One row as sent in `RowBinary`: field order and types must match the table exactly, because
@@ -99,8 +120,11 @@ struct InsertRow<'a> {
     browser: &'a str,
     device: &'a str,
     campaign_id: u32,
+    placement: &'a str,
+    creative_id: u32,
     requests: u64,
     impressions: u64,
+    viewables: u64,
     clicks: u64,
 }
 
@@ -111,6 +135,8 @@ struct ReportLine {
     g: Vec<String>,
     req: u64,
     imp: u64,
+    vie: u64,
+    clk: u64,
 }
 
 /// Quotes an identifier with backticks (ClickHouse escapes with backslashes).
@@ -141,9 +167,9 @@ fn literal(value: &str) -> String {
     out
 }
 
-/// The schema's statements, comment lines removed, placeholders replaced: the HTTP interface
-/// takes one statement per request.
-fn statements(schema: &str, db: &str, table: &str) -> Vec<String> {
+/// The schema's statements, comment lines removed, placeholders replaced (`dim` is the type of
+/// the dimension columns): the HTTP interface takes one statement per request.
+fn statements(schema: &str, db: &str, table: &str, dim: &str) -> Vec<String> {
     let text: String = schema
         .lines()
         .filter(|l| !l.trim_start().starts_with("--"))
@@ -152,7 +178,11 @@ fn statements(schema: &str, db: &str, table: &str) -> Vec<String> {
     text.split(';')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.replace("{db}", db).replace("{table}", table))
+        .map(|s| {
+            s.replace("{db}", db)
+                .replace("{table}", table)
+                .replace("{dim}", dim)
+        })
         .collect()
 }
 
@@ -265,7 +295,18 @@ impl ClickhouseSink {
         classify: fn(&clickhouse::error::Error) -> SinkError,
         request: impl Future<Output = clickhouse::error::Result<T>>,
     ) -> Result<T, SinkError> {
-        match tokio::time::timeout(self.timeout, request).await {
+        self.run_within(self.timeout, what, classify, request).await
+    }
+
+    /// [`run`](Self::run) with another time limit.
+    async fn run_within<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        classify: fn(&clickhouse::error::Error) -> SinkError,
+        request: impl Future<Output = clickhouse::error::Result<T>>,
+    ) -> Result<T, SinkError> {
+        match tokio::time::timeout(timeout, request).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 let mut err = classify(&e);
@@ -274,7 +315,7 @@ impl ClickhouseSink {
             }
             Err(_) => Err(SinkError::transient(
                 NAME,
-                format!("{what}: timed out after {:?}", self.timeout),
+                format!("{what}: timed out after {timeout:?}"),
             )),
         }
     }
@@ -299,24 +340,27 @@ impl ClickhouseSink {
         self.version.get_or_try_init(|| ask).await.copied()
     }
 
-    /// Creates the database and the table if missing. An unreachable server is a transient error;
-    /// a server that refuses the statements is a permanent one.
+    /// Creates the database and the table if missing, upgrading a table of release 0.1.0 (module
+    /// doc). An unreachable server is a transient error; a server that refuses the statements is
+    /// a permanent one.
     pub async fn migrate(&self) -> Result<(), SinkError> {
         let version = self.server_version(classify_ddl).await?;
-        for mut sql in statements(SCHEMA, &quote(&self.database), &quote(&self.table)) {
-            if version.deduplicates() && sql.starts_with("CREATE TABLE") {
-                sql.push('\n');
-                sql.push_str(DEDUP_TABLE_SETTING);
-            }
-            let what = sql
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_end_matches(" (")
-                .to_string();
-            self.run(&what, classify_ddl, self.client.query_raw(&sql).execute())
-                .await?;
-        }
+        let mut statements = statements(
+            SCHEMA,
+            &quote(&self.database),
+            &quote(&self.table),
+            version.dimension(),
+        )
+        .into_iter();
+        let (Some(create_db), Some(create_table)) = (statements.next(), statements.next()) else {
+            return Err(SinkError::permanent(
+                NAME,
+                "schema/clickhouse.sql lacks its two statements",
+            ));
+        };
+        self.ddl(&create_db).await?;
+        self.upgrade(version).await?;
+        self.ddl(&self.with_settings(version, create_table)).await?;
         if version.deduplicates() {
             // CREATE TABLE IF NOT EXISTS leaves a table made by an older server as it is.
             let sql = format!(
@@ -341,6 +385,27 @@ impl ClickhouseSink {
             }
         }
         Ok(())
+    }
+
+    /// `CREATE TABLE` with the table settings this server needs.
+    fn with_settings(&self, version: ServerVersion, mut create_table: String) -> String {
+        if version.deduplicates() {
+            create_table.push('\n');
+            create_table.push_str(DEDUP_TABLE_SETTING);
+        }
+        create_table
+    }
+
+    /// Runs one DDL statement, named in errors by its first line.
+    async fn ddl(&self, sql: &str) -> Result<(), SinkError> {
+        let what = sql
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches(" (")
+            .to_string();
+        self.run(&what, classify_ddl, self.client.query_raw(sql).execute())
+            .await
     }
 
     /// Writes `batch` in one `INSERT`. Exactly once on 22.2+, at least once before (module doc).
@@ -369,8 +434,11 @@ impl ClickhouseSink {
                         browser: &r.browser,
                         device: &r.device,
                         campaign_id: r.campaign_id,
+                        placement: &r.placement,
+                        creative_id: r.creative_id,
                         requests: r.requests,
                         impressions: r.impressions,
+                        viewables: r.viewables,
                         clicks: r.clicks,
                     })
                     .await?;
@@ -401,7 +469,8 @@ impl ClickhouseSink {
             format!("[{}]", query.by.join(", "))
         };
         let sql = format!(
-            "SELECT {group} AS g, req, imp FROM (SELECT {select}sum(requests) AS req, sum(impressions) AS imp \
+            "SELECT {group} AS g, req, imp, vie, clk FROM (SELECT {select}sum(requests) AS req, \
+             sum(impressions) AS imp, sum(viewables) AS vie, sum(clicks) AS clk \
              FROM {table} WHERE ts >= toDateTime({from}) AND ts < toDateTime({to}){group_by})",
             table = self.qualified,
             from = query.from,
@@ -416,6 +485,8 @@ impl ClickhouseSink {
                 group: l.g,
                 requests: l.req,
                 impressions: l.imp,
+                viewables: l.vie,
+                clicks: l.clk,
             })
             .collect())
     }
@@ -474,7 +545,7 @@ mod tests {
 
     #[test]
     fn schema_statements_are_split_and_filled() {
-        let s = statements(SCHEMA, &quote("db"), &quote("t`x"));
+        let s = statements(SCHEMA, &quote("db"), &quote("t`x"), "String");
         assert_eq!(s.len(), 2, "{s:?}");
         assert_eq!(s[0], "CREATE DATABASE IF NOT EXISTS `db`");
         assert!(
@@ -483,7 +554,9 @@ mod tests {
             s[1]
         );
         assert!(
-            s[1].ends_with("ORDER BY (ts, country, os, browser, device, campaign_id)"),
+            s[1].ends_with(
+                "ORDER BY (ts, country, os, browser, device, campaign_id, placement, creative_id)"
+            ),
             "{}",
             s[1]
         );

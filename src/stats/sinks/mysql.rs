@@ -10,8 +10,14 @@
 //! `ts` is a `DATETIME`, which has no time zone: values go through `FROM_UNIXTIME`, which uses the
 //! session time zone, so every connection sets `time_zone = '+00:00'` (as a setup statement, run
 //! again after the pool resets a connection) and the column holds UTC whatever the server's zone.
-//! Strings longer than their columns (`os`, `browser` 64, `device` 16, `country` 2 characters)
+//! Strings longer than their columns (`os`, `browser`, `placement` 64, `device` 16, `country` 2 characters)
 //! are cut at a character boundary, so a strict `sql_mode` never rejects a whole batch for them.
+
+//!
+//! Upgrade: a table of release 0.1.0 (no `placement` column in `information_schema.COLUMNS`) gets
+//! the new columns and primary key from `migrate` in **one** `ALTER TABLE` (`UPGRADE_0_1_0`), which
+//! InnoDB applies whole or not at all; old rows get placement `''`, creative 0, viewables 0.
+//! `rotator_batches` is not touched, so batch ids stay exactly-once across the upgrade.
 
 use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{Opts, OptsBuilder, Params, Pool, TxOpts, Value};
@@ -26,7 +32,18 @@ const NAME: &str = "mysql";
 /// The DDL, also readable in `schema/mysql.sql` (`{table}` is replaced).
 pub const SCHEMA: &str = include_str!("../../../schema/mysql.sql");
 
-/// Rows per `INSERT` statement (9 placeholders each, far below the 65,535 limit).
+/// Turns a table of release 0.1.0 into the one of [`SCHEMA`] (`{table}` is replaced).
+const UPGRADE_0_1_0: &str = "ALTER TABLE {table} \
+    ADD COLUMN placement VARCHAR(64) NOT NULL DEFAULT '' AFTER campaign_id, \
+    ADD COLUMN creative_id INT UNSIGNED NOT NULL DEFAULT 0 AFTER placement, \
+    ADD COLUMN viewables BIGINT UNSIGNED NOT NULL DEFAULT 0 AFTER impressions, \
+    DROP PRIMARY KEY, \
+    ADD PRIMARY KEY (ts, country, os, browser, device, campaign_id, placement, creative_id)";
+
+/// Duplicate column name: another process upgraded the table at the same time.
+const ER_DUP_FIELDNAME: u16 = 1060;
+
+/// Rows per `INSERT` statement (12 placeholders each, far below the 65,535 limit).
 const CHUNK_ROWS: usize = 500;
 
 /// Run on every new connection and after every reset, so `FROM_UNIXTIME` works in UTC.
@@ -57,6 +74,8 @@ pub struct MysqlSink {
     pool: Pool,
     /// The table name, quoted for SQL.
     table: String,
+    /// The table name as configured (`table` or `db.table`), for `information_schema`.
+    table_name: String,
     /// When expired batch ids were last deleted.
     pruned: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -180,11 +199,13 @@ fn column<T: FromValue>(row: &mysql_async::Row, i: usize) -> Result<T, SinkError
 
 /// `INSERT ... ON DUPLICATE KEY UPDATE` for `rows` rows.
 fn upsert_sql(table: &str, rows: usize) -> String {
-    let values = vec!["(FROM_UNIXTIME(?), ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
+    let values = vec!["(FROM_UNIXTIME(?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
     format!(
-        "INSERT INTO {table} (ts, country, os, browser, device, campaign_id, requests, impressions, clicks) \
+        "INSERT INTO {table} (ts, country, os, browser, device, campaign_id, placement, creative_id, \
+         requests, impressions, viewables, clicks) \
          VALUES {values} ON DUPLICATE KEY UPDATE requests = requests + VALUES(requests), \
-         impressions = impressions + VALUES(impressions), clicks = clicks + VALUES(clicks)"
+         impressions = impressions + VALUES(impressions), viewables = viewables + VALUES(viewables), \
+         clicks = clicks + VALUES(clicks)"
     )
 }
 
@@ -197,14 +218,45 @@ impl MysqlSink {
         Ok(MysqlSink {
             pool: Pool::new(opts),
             table: quote(&config.table),
+            table_name: config.table.clone(),
             pruned: std::sync::Mutex::new(None),
         })
     }
 
-    /// Creates the tables if missing. An unreachable server is a transient error; a server that
-    /// refuses the statements is a permanent one.
+    /// Creates the tables if missing and upgrades a table of release 0.1.0 (module doc). An
+    /// unreachable server is a transient error; a server that refuses the statements is a
+    /// permanent one.
     pub async fn migrate(&self) -> Result<(), SinkError> {
         let mut conn = self.pool.get_conn().await.map_err(|e| classify_ddl(&e))?;
+        let (schema, table) = match self.table_name.split_once('.') {
+            Some((schema, table)) => (Some(schema), table),
+            None => (None, self.table_name.as_str()),
+        };
+        let columns: Vec<String> = conn
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
+                (schema, table),
+            )
+            .await
+            .map_err(|e| classify_ddl(&e))?;
+        if !columns.is_empty() && !columns.iter().any(|c| c == "placement") {
+            match conn
+                .query_drop(UPGRADE_0_1_0.replace("{table}", &self.table))
+                .await
+            {
+                Ok(()) => tracing::info!(
+                    table = %self.table,
+                    "mysql: statistics table upgraded to placements and creatives"
+                ),
+                Err(mysql_async::Error::Server(e)) if e.code == ER_DUP_FIELDNAME => {}
+                Err(e) => {
+                    let mut err = classify_ddl(&e);
+                    err.message = format!("upgrading {}: {}", self.table, err.message);
+                    return Err(err);
+                }
+            }
+        }
         for sql in statements(SCHEMA, &self.table) {
             conn.query_drop(&sql).await.map_err(|e| {
                 let mut err = classify_ddl(&e);
@@ -246,7 +298,7 @@ impl MysqlSink {
             Err(e) => return Err(err(e)),
         }
         for chunk in batch.rows.chunks(CHUNK_ROWS) {
-            let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 9);
+            let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 12);
             for r in chunk {
                 params.extend([
                     Value::from(r.ts),
@@ -255,8 +307,11 @@ impl MysqlSink {
                     Value::from(truncate(&r.browser, 64)),
                     Value::from(truncate(&r.device, 16)),
                     Value::from(r.campaign_id),
+                    Value::from(truncate(&r.placement, 64)),
+                    Value::from(r.creative_id),
                     Value::from(r.requests),
                     Value::from(r.impressions),
+                    Value::from(r.viewables),
                     Value::from(r.clicks),
                 ]);
             }
@@ -289,7 +344,8 @@ impl MysqlSink {
     pub async fn report(&self, query: &ReportQuery) -> Result<Vec<ReportRow>, SinkError> {
         let (select, group_by) = query.group_sql(|c| format!("CAST({c} AS CHAR)"));
         let sql = format!(
-            "SELECT {select}CAST(SUM(requests) AS UNSIGNED), CAST(SUM(impressions) AS UNSIGNED) FROM {table} \
+            "SELECT {select}CAST(SUM(requests) AS UNSIGNED), CAST(SUM(impressions) AS UNSIGNED), \
+             CAST(SUM(viewables) AS UNSIGNED), CAST(SUM(clicks) AS UNSIGNED) FROM {table} \
              WHERE ts >= FROM_UNIXTIME(?) AND ts < FROM_UNIXTIME(?){group_by}",
             table = self.table
         );
@@ -307,10 +363,14 @@ impl MysqlSink {
                 // SUM over no rows is NULL.
                 let requests: Option<u64> = column(row, n)?;
                 let impressions: Option<u64> = column(row, n + 1)?;
+                let viewables: Option<u64> = column(row, n + 2)?;
+                let clicks: Option<u64> = column(row, n + 3)?;
                 Ok(ReportRow {
                     group,
                     requests: requests.unwrap_or(0),
                     impressions: impressions.unwrap_or(0),
+                    viewables: viewables.unwrap_or(0),
+                    clicks: clicks.unwrap_or(0),
                 })
             })
             .collect()
@@ -382,7 +442,7 @@ mod tests {
     #[test]
     fn upsert_has_one_group_per_row() {
         let sql = upsert_sql("`t`", 3);
-        assert_eq!(sql.matches('?').count(), 27);
+        assert_eq!(sql.matches('?').count(), 36);
         assert!(sql.starts_with("INSERT INTO `t` (ts, "), "{sql}");
     }
 

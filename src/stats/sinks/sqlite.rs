@@ -12,6 +12,11 @@
 //! stored, and a non-integer rolls the batch back), constraint and type violations. Everything else
 //! (a full disk, a locked or unreadable file) is worth retrying.
 //!
+//! Upgrade: a `stats` table of release 0.1.0 (no `placement`, `creative_id`, `viewables`; found
+//! with `PRAGMA table_info`) is rebuilt by `migrate` in one transaction: renamed, the new table
+//! created from the schema, every row copied, the old one dropped. A crash rolls the whole
+//! upgrade back; `rotator_batches` is not touched, so batch ids stay exactly-once across it.
+//!
 //! SQLite calls block, so they run on tokio's blocking pool; the connection sits behind a std
 //! `Mutex` held only inside those blocking calls.
 
@@ -58,6 +63,36 @@ fn err(e: rusqlite::Error) -> SinkError {
     }
 }
 
+/// Creates the schema, rebuilding a 0.1.0 `stats` table first, all in one transaction (taken
+/// for writing at once, so two processes migrating at the same time take turns).
+fn upgrade(c: &mut Connection) -> rusqlite::Result<()> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let columns: Vec<String> = tx
+        .prepare("SELECT name FROM pragma_table_info('stats')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let old = !columns.is_empty() && !columns.iter().any(|c| c == "placement");
+    if old {
+        tx.execute_batch("ALTER TABLE stats RENAME TO stats_0_1_0")?;
+    }
+    tx.execute_batch(SCHEMA)?;
+    if old {
+        let copied = tx.execute(
+            "INSERT INTO stats (ts, country, os, browser, device, campaign_id, placement, creative_id, \
+             requests, impressions, viewables, clicks) \
+             SELECT ts, country, os, browser, device, campaign_id, '', 0, requests, impressions, 0, clicks \
+             FROM stats_0_1_0",
+            [],
+        )?;
+        tx.execute_batch("DROP TABLE stats_0_1_0")?;
+        tracing::info!(
+            rows = copied,
+            "sqlite: statistics table upgraded to placements and creatives"
+        );
+    }
+    tx.commit()
+}
+
 impl SqliteSink {
     /// Opens (creating if needed) the database file and its folder.
     pub fn open(config: &SqliteConfig) -> Result<SqliteSink, SinkError> {
@@ -98,12 +133,11 @@ impl SqliteSink {
         .map_err(|e| SinkError::transient(NAME, format!("blocking task failed: {e}")))?
     }
 
-    /// Creates the tables if missing.
+    /// Creates the tables if missing and upgrades a table of release 0.1.0 (module doc).
     pub async fn migrate(&self) -> Result<(), SinkError> {
         let path = self.path.display().to_string();
         self.blocking(move |c| {
-            c.execute_batch(SCHEMA)
-                .map_err(|e| SinkError::permanent(NAME, format!("{path}: {e}")))
+            upgrade(c).map_err(|e| SinkError::permanent(NAME, format!("{path}: {e}")))
         })
         .await
     }
@@ -125,23 +159,25 @@ impl SqliteSink {
             if fresh == 1 {
                 let mut upsert = tx
                     .prepare_cached(
-                        "INSERT INTO stats (ts, country, os, browser, device, campaign_id, requests, impressions, clicks) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-                         ON CONFLICT (ts, country, os, browser, device, campaign_id) DO UPDATE SET \
+                        "INSERT INTO stats (ts, country, os, browser, device, campaign_id, placement, creative_id, \
+                         requests, impressions, viewables, clicks) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                         ON CONFLICT (ts, country, os, browser, device, campaign_id, placement, creative_id) DO UPDATE SET \
                          requests = requests + excluded.requests, impressions = impressions + excluded.impressions, \
-                         clicks = clicks + excluded.clicks \
-                         RETURNING typeof(requests) = 'integer' AND typeof(impressions) = 'integer' AND typeof(clicks) = 'integer'",
+                         viewables = viewables + excluded.viewables, clicks = clicks + excluded.clicks \
+                         RETURNING typeof(requests) = 'integer' AND typeof(impressions) = 'integer' \
+                         AND typeof(viewables) = 'integer' AND typeof(clicks) = 'integer'",
                     )
                     .map_err(err)?;
                 for r in &batch.rows {
                     let integers: bool = upsert
-                        .query_row(params![r.ts, r.country, r.os, r.browser, r.device, r.campaign_id, r.requests, r.impressions, r.clicks], |row| row.get(0))
+                        .query_row(params![r.ts, r.country, r.os, r.browser, r.device, r.campaign_id, r.placement, r.creative_id, r.requests, r.impressions, r.viewables, r.clicks], |row| row.get(0))
                         .map_err(err)?;
                     if !integers {
                         // Dropping the transaction rolls the whole batch back.
                         return Err(SinkError::permanent(NAME, format!(
-                            "batch {}: adding requests {}, impressions {}, clicks {} to ({}, {:?}, {:?}, {:?}, {:?}, {}) leaves the 64-bit integer range",
-                            batch.id, r.requests, r.impressions, r.clicks, r.ts, r.country, r.os, r.browser, r.device, r.campaign_id
+                            "batch {}: adding requests {}, impressions {}, viewables {}, clicks {} to ({}, {:?}, {:?}, {:?}, {:?}, {}, {:?}, {}) leaves the 64-bit integer range",
+                            batch.id, r.requests, r.impressions, r.viewables, r.clicks, r.ts, r.country, r.os, r.browser, r.device, r.campaign_id, r.placement, r.creative_id
                         )));
                     }
                 }
@@ -166,7 +202,8 @@ impl SqliteSink {
     pub async fn report(&self, query: &ReportQuery) -> Result<Vec<ReportRow>, SinkError> {
         let (select, group_by) = query.group_sql(|c| format!("CAST({c} AS TEXT)"));
         let sql = format!(
-            "SELECT {select}COALESCE(SUM(requests), 0), COALESCE(SUM(impressions), 0) FROM stats \
+            "SELECT {select}COALESCE(SUM(requests), 0), COALESCE(SUM(impressions), 0), \
+             COALESCE(SUM(viewables), 0), COALESCE(SUM(clicks), 0) FROM stats \
              WHERE ts >= ?1 AND ts < ?2{group_by}"
         );
         let (from, to, n) = (query.from, query.to, query.by.len());
@@ -183,6 +220,8 @@ impl SqliteSink {
                         group,
                         requests: row.get::<_, i64>(n)? as u64,
                         impressions: row.get::<_, i64>(n + 1)? as u64,
+                        viewables: row.get::<_, i64>(n + 2)? as u64,
+                        clicks: row.get::<_, i64>(n + 3)? as u64,
                     })
                 })
                 .map_err(err)?;
@@ -205,8 +244,11 @@ mod tests {
             browser: "Chrome".into(),
             device: "desktop".into(),
             campaign_id,
+            placement: String::new(),
+            creative_id: 0,
             requests,
             impressions: if campaign_id == 0 { 0 } else { requests },
+            viewables: 0,
             clicks: 0,
         }
     }
@@ -244,12 +286,16 @@ mod tests {
                 ReportRow {
                     group: vec!["0".into()],
                     requests: 2,
-                    impressions: 0
+                    impressions: 0,
+                    viewables: 0,
+                    clicks: 0,
                 },
                 ReportRow {
                     group: vec!["1".into()],
                     requests: 8,
-                    impressions: 8
+                    impressions: 8,
+                    viewables: 0,
+                    clicks: 0,
                 },
             ]
         );
