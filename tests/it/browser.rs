@@ -473,6 +473,25 @@ async fn ad_tags_render_and_count_in_a_real_browser() {
         std::panic::resume_unwind(e.into_panic());
     }
 
+    // Each beacon counted once: nothing arrived twice.
+    let metrics = crate::harness::request(server.metrics.unwrap(), "GET", "/metrics", &[]).body;
+    let events = |kind: &str, outcome: &str| {
+        let series =
+            format!("rotator_tracking_events_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+    let counted = ["impression", "viewable", "click"].map(|k| events(k, "counted"));
+    let duplicates = ["impression", "viewable", "click"].map(|k| events(k, "duplicate"));
+    assert_eq!(counted, [5, 4, 1], "counted impressions, viewables, clicks");
+    assert_eq!(
+        duplicates,
+        [0, 0, 0],
+        "duplicate impressions, viewables, clicks"
+    );
+
     // SIGTERM flushes the last statistics.
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");

@@ -302,7 +302,11 @@ pub fn request_from(
     path: &str,
     headers: &[(&str, &[u8])],
 ) -> Response {
-    parse(&send_raw_from(source, addr, &request_bytes(method, path, headers)))
+    parse(&send_raw_from(
+        source,
+        addr,
+        &request_bytes(method, path, headers),
+    ))
 }
 
 /// Like [`send_raw`], from the local address `source`.
