@@ -346,10 +346,11 @@ async fn check_script_page(c: &Client) {
     frames[0].clone().enter_frame().await.unwrap();
     let img = c.find(Locator::Css("a[target=_top] > img")).await.unwrap();
     assert_eq!(img.attr("alt").await.unwrap().as_deref(), Some("Red sale"));
-    assert_eq!(
-        img.prop("naturalWidth").await.unwrap().as_deref(),
-        Some("728")
-    );
+    let natural = c
+        .execute("return document.querySelector('img').naturalWidth;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(natural, json!(728), "the image loaded");
     c.enter_parent_frame().await.unwrap();
     frames[1].clone().enter_frame().await.unwrap();
     c.find(Locator::Css("a#green")).await.unwrap();
@@ -426,16 +427,16 @@ async fn scenario(c: Client, publisher: Publisher) {
     let (x, y, w, h) = frame.rectangle().await.unwrap();
     assert_eq!((w, h), (728.0, 90.0));
     frame.enter_frame().await.unwrap();
-    let img = c
-        .wait()
+    c.wait()
         .for_element(Locator::Css("a[target=_top] > img"))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while img.prop("complete").await.unwrap().as_deref() != Some("true") {
-        assert!(Instant::now() < deadline, "the frame's image never loaded");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_js(
+        &c,
+        "document.querySelector('a > img').naturalWidth == 728",
+        "the iframe tag's image",
+    )
+    .await;
     c.enter_parent_frame().await.unwrap();
     let shot = c.screenshot().await.unwrap();
     let p = pixel(&shot, (x + w / 2.0) as u32, (y + h / 2.0) as u32);
