@@ -371,6 +371,37 @@ async fn check_script_page(c: &Client) {
     );
 }
 
+/// `GET /v1/frame/{placement}` over plain HTTP: a never-stored HTML document that sandboxes
+/// itself and may be framed anywhere, with the creative and its impression pixel; `404` for an
+/// unknown placement; `HEAD` decides nothing. Counts one request (and no impression: nobody loads
+/// the pixel) for creative 101.
+fn check_frame_http(server: &Server) {
+    let r = server.get("/v1/frame/top-banner", &[("User-Agent", UA.as_bytes())]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(
+        r.header("content-security-policy"),
+        Some(format!("sandbox {SANDBOX}").as_str())
+    );
+    assert_eq!(
+        r.header("x-frame-options"),
+        None,
+        "an ad may be framed anywhere"
+    );
+    assert!(r.body.contains("alt=\"Red sale\""), "{}", r.body);
+    assert!(
+        r.body.contains("/v1/i/") && r.body.contains("/v1/c/"),
+        "{}",
+        r.body
+    );
+    let head = crate::harness::request(server.addr, "HEAD", "/v1/frame/top-banner", &[]);
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    let unknown = server.get("/v1/frame/no-such-slot", &[]);
+    assert_eq!(unknown.status, 404);
+}
+
 /// (placement, creative) → (requests, impressions, viewables, clicks) from the report.
 fn counts(dir: &Path) -> BTreeMap<(String, String), [u64; 4]> {
     let v = report_json(dir, Some("placement,creative"));
@@ -463,6 +494,8 @@ async fn ad_tags_render_and_count_in_a_real_browser() {
     );
     *publisher.rotator.lock().unwrap() = format!("http://127.0.0.1:{}", server.addr.port());
 
+    check_frame_http(&server);
+
     let driver = Driver::start(&chromedriver);
     let c = browser(&driver).await;
     // The scenario runs as a task so that a failed assertion still closes the browser.
@@ -502,10 +535,11 @@ async fn ad_tags_render_and_count_in_a_real_browser() {
             .copied()
             .unwrap_or_else(|| panic!("no row for top-banner/{creative}: {got:?}"))
     };
-    // Creative 101: two script-tag loads and one iframe tag; two viewables; one click.
+    // Creative 101: two script-tag loads, one iframe tag in the browser and one over plain HTTP
+    // (a request, no impression); two viewables; one click.
     assert_eq!(
         top("101"),
-        [3, 3, 2, 1],
+        [4, 3, 2, 1],
         "requests, impressions, viewables, clicks: {got:?}"
     );
     // Creative 201: two script-tag loads, no click.
