@@ -121,6 +121,38 @@ fn catalogue(n: usize) -> Catalogue {
     Catalogue::new(campaigns, format!("generated-{n}.toml").into())
 }
 
+/// The placements of `scripts/gen-campaigns --creatives`.
+const PLACEMENTS: &str = "[[placement]]\nid = \"top-banner\"\nsizes = [\"728x90\"]\n\
+    [[placement]]\nid = \"sidebar\"\nsizes = [\"300x250\"]\n\
+    [[placement]]\nid = \"text-link\"\nkinds = [\"text\"]\n";
+
+/// `n` campaigns as [`campaigns_toml`], each with one creative: a 728x90 or 300x250 image or a
+/// text link, in turn; plus three placements.
+fn catalogue_with_creatives(n: usize) -> Catalogue {
+    let mut text = String::from(PLACEMENTS);
+    for (i, section) in campaigns_toml(n)
+        .split("[[campaign]]\n")
+        .skip(1)
+        .enumerate()
+    {
+        let id = i + 1;
+        let creative = match id % 3 {
+            0 => format!(
+                "kind = \"image\"\nsize = \"728x90\"\nimage_url = \"https://cdn.example/{id}.png\""
+            ),
+            1 => format!(
+                "kind = \"image\"\nsize = \"300x250\"\nimage_url = \"https://cdn.example/{id}.png\""
+            ),
+            _ => format!("kind = \"text\"\ntext = \"creative {id}\""),
+        };
+        text.push_str(&format!(
+            "[[campaign]]\n{section}[[campaign.creative]]\nid = {id}\n{creative}\n"
+        ));
+    }
+    let parsed = file::parse(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    Catalogue::new(parsed, format!("generated-{n}-creatives.toml").into())
+}
+
 struct Fixture {
     rows: Vec<Row>,
     geoip: GeoIpHandle,
@@ -256,6 +288,40 @@ fn bench_auction(c: &mut Criterion, f: &Fixture) {
                     auction::run(&cat, black_box(next()), false),
                     auction::Outcome::Won(_)
                 )
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Three slots (`POST /v1/decisions`' auctions, without HTTP and tokens) against one `GET /ad`
+/// auction, over the same campaigns.
+fn bench_slots(c: &mut Criterion, f: &Fixture) {
+    let visitors = visitors(f);
+    let d = decider(f, 1, None);
+    let mut g = c.benchmark_group("slots");
+    for n in [1_000, 10_000] {
+        let cat = catalogue_with_creatives(n);
+        let slots: Vec<usize> = ["top-banner", "sidebar", "text-link"]
+            .iter()
+            .map(|p| cat.placement(p).expect("placement"))
+            .collect();
+        let mut next = cycle(&visitors);
+        g.bench_function(format!("campaigns_{n}_one_ad"), |b| {
+            b.iter(|| {
+                matches!(
+                    auction::run(&cat, black_box(next()), false),
+                    auction::Outcome::Won(_)
+                )
+            })
+        });
+        let mut next = cycle(&visitors);
+        g.bench_function(format!("campaigns_{n}_three_slots"), |b| {
+            b.iter(|| {
+                d.decide_slots(&cat, black_box(next()), &slots)
+                    .iter()
+                    .filter(|w| w.is_some())
+                    .count()
             })
         });
     }
@@ -399,6 +465,7 @@ fn benches(c: &mut Criterion) {
     bench_user_agent(c, &f);
     bench_geoip(c, &f);
     bench_auction(c, &f);
+    bench_slots(c, &f);
     bench_stats(c, &f);
     bench_decision(c, &f);
 }

@@ -20,4 +20,5 @@ pub mod http;
 pub mod metrics;
 pub mod shutdown;
 pub mod stats;
+pub mod tracking;
 pub mod visitor;

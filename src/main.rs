@@ -24,6 +24,7 @@ use rotator::stats::Stats;
 use rotator::stats::aggregator::Aggregator;
 use rotator::stats::report::{self, Format, ReportQuery};
 use rotator::stats::sinks::Sink;
+use rotator::tracking::{Signer, Tracker};
 use rotator::visitor::geoip::{self, GeoIp, GeoIpHandle};
 use rotator::visitor::user_agent::UserAgentParser;
 
@@ -217,6 +218,11 @@ fn serve(path: Option<&Path>) -> Result<()> {
         metrics.clone(),
         Some(stats.aggregator.clone()),
     )?);
+    let (tracker, seen_writer) = Tracker::start(
+        &config.tracking,
+        Some(stats.aggregator.clone()),
+        metrics.clone(),
+    )?;
     {
         let catalogue = core.catalogue.load();
         for warning in catalogue.warnings() {
@@ -275,7 +281,7 @@ fn serve(path: Option<&Path>) -> Result<()> {
 
         let ads = tokio::spawn(server::serve(
             ad_listener,
-            Arc::new(AdRoutes { decider }),
+            Arc::new(AdRoutes { decider, tracker }),
             listeners_rx,
             options("ads", max_connections),
         ));
@@ -288,6 +294,8 @@ fn serve(path: Option<&Path>) -> Result<()> {
         }
         anyhow::Ok(())
     })?;
+    // After the listeners: the events of the last requests are journalled too.
+    seen_writer.stop();
     stats_stop.fire();
     stats.join();
     tracing::info!("stopped");
@@ -367,6 +375,17 @@ fn check(path: Option<&Path>) -> Result<()> {
         "stats:     sink {}, flush every {}",
         c.stats.sink.as_str(),
         humantime::format_duration(c.stats.flush_interval)
+    )?;
+    let key_exists = Signer::check(&c.tracking)?;
+    writeln!(
+        out,
+        "tracking:  key {}{}",
+        c.tracking.secret_file.display(),
+        if key_exists {
+            ""
+        } else {
+            " (created at first start)"
+        }
     )?;
     for warning in c.warnings.iter().chain(&catalogue.warnings()) {
         writeln!(out, "warning:   {warning}")?;

@@ -20,6 +20,7 @@ use prometheus::{
 };
 
 use crate::auction::Outcome;
+use crate::tracking::{EventKind, Outcome as TrackingOutcome};
 
 /// Latency buckets, seconds: 50 µs to 1 s, roughly ×2 apart.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -112,6 +113,8 @@ pub struct Metrics {
     stats_ready: AtomicBool,
     /// Connection counters by listener (see [`Metrics::connections`]).
     connections: ConnectionVecs,
+    /// `rotator_tracking_events_total`, index: kind * outcomes + outcome.
+    tracking_events: Vec<IntCounter>,
 }
 
 /// The connection series of every listener, by label `listener` (`ads`, `metrics`).
@@ -333,6 +336,19 @@ impl Metrics {
                 ),
             },
             win_counters: ArcSwap::default(),
+            tracking_events: {
+                let events = counter_vec(
+                    &registry,
+                    "rotator_tracking_events_total",
+                    "Tracking requests (impression, viewable, click) by outcome.",
+                    &["kind", "outcome"],
+                );
+                EventKind::ALL
+                    .iter()
+                    .flat_map(|k| TrackingOutcome::ALL.map(|o| (k.as_str(), o.as_str())))
+                    .map(|(k, o)| events.with_label_values(&[k, o]))
+                    .collect()
+            },
             registry,
         })
     }
@@ -379,6 +395,15 @@ impl Metrics {
             self.ua_cache_hits.inc()
         } else {
             self.ua_cache_misses.inc()
+        }
+    }
+
+    /// Counts one tracking request.
+    #[inline]
+    pub fn observe_tracking(&self, kind: EventKind, outcome: TrackingOutcome) {
+        let index = usize::from(kind.index()) * TrackingOutcome::ALL.len() + outcome as usize;
+        if let Some(c) = self.tracking_events.get(index) {
+            c.inc();
         }
     }
 

@@ -41,6 +41,11 @@ const GRACE_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_se
 /// Accepted `spool_after`: up to a day of outage held in memory.
 const SPOOL_AFTER_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(86_400);
 
+/// Accepted `impression_ttl` and `click_ttl`: a token lives at least a minute (a slow page) and
+/// at most 30 days (the counted-once memory must hold every live token).
+const TTL_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(60)..=Duration::from_secs(30 * 86_400);
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -100,6 +105,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Operator corrections to bot detection.
     pub bots: BotsConfig,
+    /// Tracking URLs: signing keys, lifetimes, counted-once state.
+    pub tracking: TrackingConfig,
     /// Where this configuration came from: the file, or `<defaults>`. Not a key.
     #[serde(skip)]
     pub source_name: String,
@@ -177,7 +184,12 @@ impl Config {
             &mut self.campaigns.file,
             &mut self.stats.spool_dir,
             &mut self.stats.sqlite.path,
-        ] {
+            &mut self.tracking.secret_file,
+            &mut self.tracking.seen_file,
+        ]
+        .into_iter()
+        .chain(&mut self.tracking.previous_secret_files)
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -299,8 +311,42 @@ impl Config {
             return Err(self.invalid("stats", "max_pending_rows", "must be more than zero".into()));
         }
         check_log_level(&self.log.level).map_err(|m| self.invalid("log", "level", m))?;
+        self.validate_tracking()?;
         for (key, patterns) in [("allow", &self.bots.allow), ("deny", &self.bots.deny)] {
             regex::RegexSet::new(patterns).map_err(|e| self.invalid("bots", key, e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// `[tracking]`: lifetimes a token can carry, a memory bound, a usable public URL.
+    fn validate_tracking(&self) -> Result<(), ConfigError> {
+        let t = &self.tracking;
+        for (key, value) in [
+            ("impression_ttl", t.impression_ttl),
+            ("click_ttl", t.click_ttl),
+        ] {
+            if !TTL_RANGE.contains(&value) {
+                return Err(self.invalid(
+                    "tracking",
+                    key,
+                    format!(
+                        "{} is out of range: must be from {} to {}",
+                        humantime::format_duration(value),
+                        humantime::format_duration(*TTL_RANGE.start()),
+                        humantime::format_duration(*TTL_RANGE.end())
+                    ),
+                ));
+            }
+        }
+        if t.seen_max_entries == 0 {
+            return Err(self.invalid(
+                "tracking",
+                "seen_max_entries",
+                "must be more than zero".into(),
+            ));
+        }
+        if !t.public_url.is_empty() {
+            check_url(&t.public_url).map_err(|m| self.invalid("tracking", "public_url", m))?;
         }
         Ok(())
     }
@@ -583,6 +629,38 @@ mod tests {
         for good in ["info", "WARN", "rotator=debug,info", "hyper_util=off,trace"] {
             assert!(check_log_level(good).is_ok(), "{good:?}");
         }
+    }
+
+    /// Issue 10, item 4: `[tracking]` defaults, paths beside the file, checked lifetimes.
+    #[test]
+    fn issue10_tracking_section() {
+        let c = load("", &[]).unwrap();
+        assert!(c.tracking.secret_file.ends_with("data/tracking.key"));
+        assert!(c.tracking.secret_file.is_absolute());
+        assert_eq!(c.tracking.impression_ttl, Duration::from_secs(3600));
+        assert_eq!(c.tracking.click_ttl, Duration::from_secs(86_400));
+        let c = load(
+            "[tracking]\nclick_ttl = \"2d\"\n",
+            &[(
+                "ROTATOR_TRACKING_PREVIOUS_SECRET_FILES",
+                "old.key,/keys/older.key",
+            )],
+        )
+        .unwrap();
+        assert_eq!(c.tracking.click_ttl, Duration::from_secs(2 * 86_400));
+        assert!(c.tracking.previous_secret_files[0].ends_with("old.key"));
+        assert!(c.tracking.previous_secret_files[0].is_absolute());
+        assert_eq!(
+            c.tracking.previous_secret_files[1],
+            Path::new("/keys/older.key")
+        );
+        let err = |text: &str| load(text, &[]).unwrap_err().to_string();
+        assert!(
+            err("[tracking]\nimpression_ttl = \"30s\"\n").contains("[tracking] impression_ttl")
+        );
+        assert!(err("[tracking]\nclick_ttl = \"31d\"\n").contains("[tracking] click_ttl"));
+        assert!(err("[tracking]\nseen_max_entries = 0\n").contains("seen_max_entries"));
+        assert!(err("[tracking]\npublic_url = \"ads.example\"\n").contains("public_url"));
     }
 
     #[test]

@@ -291,6 +291,47 @@ pub struct BotsConfig {
     pub deny: Vec<String>,
 }
 
+/// `[tracking]`: signed impression, viewable and click URLs, and which of them were counted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackingConfig {
+    /// The signing key: created with 32 random bytes (mode 0600) at first start if missing.
+    pub secret_file: PathBuf,
+    /// Earlier keys, still accepted for verifying (never for signing), so links already on pages
+    /// keep working while keys rotate.
+    pub previous_secret_files: Vec<PathBuf>,
+    /// How long an impression (and viewable) URL may be counted after the decision.
+    #[serde(with = "duration_str")]
+    pub impression_ttl: Duration,
+    /// How long a click URL may be counted after the decision (it redirects after that too).
+    #[serde(with = "duration_str")]
+    pub click_ttl: Duration,
+    /// Journal of the events already counted, so a replay after a restart is not counted again.
+    pub seen_file: PathBuf,
+    /// Most events remembered as counted (about 35 bytes of memory each, 24 to 48). Every
+    /// impression is remembered for `click_ttl` (its click may come that late), so size it as
+    /// (impressions + viewables + clicks per second) × `click_ttl`. When full, new events are not
+    /// counted (never double-counted) until older ones expire.
+    pub seen_max_entries: u64,
+    /// Base URL put into tracking URLs and tags, e.g. `https://ads.example`; empty = derived from
+    /// the request's `Host` header, scheme http.
+    pub public_url: String,
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        Self {
+            secret_file: "data/tracking.key".into(),
+            previous_secret_files: Vec::new(),
+            impression_ttl: Duration::from_secs(3600),
+            click_ttl: Duration::from_secs(86_400),
+            seen_file: "data/tracking-seen".into(),
+            seen_max_entries: 10_000_000,
+            public_url: String::new(),
+        }
+    }
+}
+
 /// Durations as strings such as `"500ms"`, `"10s"`, `"1m"`.
 mod duration_str {
     use std::time::Duration;

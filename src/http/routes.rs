@@ -1,7 +1,7 @@
 //! What each path answers.
 //!
 //! Ad listener: `GET`/`HEAD` on `/` and `/ad` → 303 to the winner (or `default_url`) with
-//! `Cache-Control: no-store`; `/v1/decisions` → the decisions API;
+//! `Cache-Control: no-store`; `/v1/decisions` → the decisions API ([`super::decisions`]);
 //! `/v1/i/`, `/v1/v/`, `/v1/c/` → tracking; `/v1/tag.js`, `/v1/frame/` → ad tags; a method a
 //! route does not take → 405 with `Allow`; another path → 404.
 //! Metrics listener: `/metrics`, `/healthz`, `/readyz`.
@@ -50,6 +50,8 @@ fn only_get_or_head(req: &Request<Incoming>) -> Option<Response<Body>> {
 pub struct AdRoutes {
     /// Makes the decisions.
     pub decider: Arc<Decider>,
+    /// Counts the tracking URLs' events.
+    pub tracker: Arc<crate::tracking::Tracker>,
 }
 
 /// The route of a path on the ad listener.
@@ -70,15 +72,25 @@ impl Handler for AdRoutes {
     fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Reply {
         let started = Instant::now();
         let route = route(req.uri().path());
+        if route == Route::Decisions {
+            return super::decisions::answer(
+                self.decider.clone(),
+                self.tracker.clone(),
+                req,
+                peer,
+                started,
+            );
+        }
         // The method first: `CONNECT host:port`, `OPTIONS *` and `TRACE /x` have no route to
         // find, and the answer to them is that this server takes only GET and HEAD.
         let response = match (only_get_or_head(&req), route) {
             (Some(refused), _) => refused,
             (None, Route::Ad) => self.ad(&req, peer),
             (None, Route::Tag) if req.uri().path() == "/v1/tag.js" => tags::tag_js(req.headers()),
-            (None, Route::Tracking | Route::Tag | Route::Decisions | Route::Other) => {
-                text(StatusCode::NOT_FOUND, "not found\n")
-            }
+            (None, Route::Tag) => tags::frame(&self.decider, &self.tracker, &req, peer),
+            (None, Route::Tracking) => super::tracking::answer(&self.tracker, &self.decider, &req)
+                .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")),
+            (None, Route::Decisions | Route::Other) => text(StatusCode::NOT_FOUND, "not found\n"),
         };
         self.decider
             .metrics

@@ -18,8 +18,18 @@ use hyper::header::{
 use hyper::{Response, StatusCode};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
+use std::net::SocketAddr;
+
+use hyper::Method;
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper::header::USER_AGENT;
+
 use super::Body;
-use crate::campaigns::creatives::{Creative, CreativeKind};
+use super::decisions::DecisionJson;
+use crate::campaigns::creatives::CreativeKind;
+use crate::decision::Decider;
+use crate::tracking::Tracker;
 
 /// The script tag's code.
 pub const TAG_JS: &str = include_str!("../../assets/tag.js");
@@ -149,34 +159,6 @@ pub struct FrameAd<'a> {
     pub impression_url: &'a str,
 }
 
-impl<'a> FrameAd<'a> {
-    /// `creative` as served: `html` is its snippet with the macros already replaced (ignored for
-    /// other kinds), the URLs are the decision's tracking URLs on rotator.
-    pub fn of(
-        creative: &'a Creative,
-        html: &'a str,
-        click_url: &'a str,
-        impression_url: &'a str,
-    ) -> FrameAd<'a> {
-        let shown = match creative.kind {
-            CreativeKind::Image => Shown::Image {
-                src: creative.image_url.as_deref().unwrap_or(""),
-                alt: creative.alt.as_deref().unwrap_or(""),
-            },
-            CreativeKind::Html => Shown::Html(html),
-            CreativeKind::Text => Shown::Text(creative.text.as_deref().unwrap_or("")),
-        };
-        let (width, height) = creative.size.map_or((0, 0), |s| (s.width, s.height));
-        FrameAd {
-            shown,
-            width,
-            height,
-            click_url,
-            impression_url,
-        }
-    }
-}
-
 /// The iframe tag's document: the creative, then its impression pixel; links open in the top
 /// page. An empty document when nothing won.
 pub fn frame_markup(ad: Option<&FrameAd<'_>>) -> Markup {
@@ -229,6 +211,71 @@ pub fn frame_response(ad: Option<&FrameAd<'_>>) -> Response<Body> {
     h.insert(CORP.clone(), CROSS_ORIGIN.clone());
     h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(FRAME_CSP));
     r
+}
+
+/// `GET /v1/frame/{placement}`: one decision for the placement, for the visitor of the
+/// connection (through the client-IP rule, as `GET /ad`); `HEAD` decides nothing.
+pub fn frame(
+    decider: &Decider,
+    tracker: &Tracker,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let catalogue = decider.catalogue.load();
+    let found = frame_placement(req.uri().path()).and_then(|id| {
+        let index = catalogue.placement(id)?;
+        Some((index, catalogue.placements().get(index)?))
+    });
+    let Some((index, placement)) = found else {
+        let mut r = Response::new(Body::new(Bytes::from_static(b"no such placement\n")));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        return r;
+    };
+    if req.method() == Method::HEAD {
+        return frame_response(None);
+    }
+    let headers = req.headers();
+    let ip = decider.client_ip.client_ip(peer.ip(), headers);
+    let ua = headers
+        .get(USER_AGENT)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok());
+    let (visitor, _, geo_ok) = decider.visitor(ip, ua);
+    let win = decider
+        .decide_slots(&catalogue, &visitor, &[index])
+        .pop()
+        .flatten();
+    decider.record_slot(&visitor, placement, win.as_ref(), geo_ok);
+    let base = tracker.base_url(headers, decider.client_ip.proxies.contains(peer.ip()));
+    let served = win
+        .as_ref()
+        .map(|w| super::decisions::render(tracker, &base, &visitor, w));
+    let ad = served.as_ref().map(FrameAd::from);
+    frame_response(ad.as_ref())
+}
+
+impl<'a> From<&'a DecisionJson> for FrameAd<'a> {
+    fn from(d: &'a DecisionJson) -> FrameAd<'a> {
+        let text = |v: &'a Option<String>| v.as_deref().unwrap_or("");
+        let shown = match d.kind {
+            CreativeKind::Image => Shown::Image {
+                src: text(&d.image_url),
+                alt: text(&d.alt),
+            },
+            CreativeKind::Html => Shown::Html(text(&d.html)),
+            CreativeKind::Text => Shown::Text(text(&d.text)),
+        };
+        FrameAd {
+            shown,
+            width: d.width.unwrap_or(0),
+            height: d.height.unwrap_or(0),
+            click_url: &d.click_url,
+            impression_url: &d.impression_url,
+        }
+    }
 }
 
 /// The placement id in a `/v1/frame/{placement}` path, when it is a valid slug.

@@ -477,7 +477,6 @@ async fn scenario(c: Client, publisher: Publisher) {
 }
 
 #[tokio::test(flavor = "current_thread")]
-#[ignore = "needs POST /v1/decisions, /v1/frame and the tracking URLs (issue 10): helper tags enables it"]
 async fn ad_tags_render_and_count_in_a_real_browser() {
     let (Some(_), Some(chromedriver)) = (tool("chromium"), tool("chromedriver")) else {
         return;

@@ -3,6 +3,7 @@
 mod allocations;
 mod browser;
 mod cli;
+mod decisions;
 mod edge;
 mod full_disk;
 mod harness;
@@ -12,6 +13,7 @@ mod server;
 mod sinks;
 mod stats;
 mod support;
+mod tracking;
 mod upgrade;
 mod user_agents;
 

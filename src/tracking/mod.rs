@@ -1,0 +1,630 @@
+//! Tracking URLs: signed tokens for a decision's impression, viewable and click events, each
+//! counted at most once.
+//!
+//! [`Tracker::tokens`] signs the three tokens of a decision ([`keys::Signer`], format in
+//! [`token`]); [`Tracker::event`] is what the routes in `http/tracking.rs` call for each beacon or
+//! click, top-down:
+//! verify (MAC first) → `HEAD` counts nothing → a click needs its impression counted →
+//! remember once ([`seen::Seen`]) → count (statistics row and metrics).
+//! Bots are counted like anyone else, under the device `bot` their token carries.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hyper::HeaderMap;
+use hyper::header::HOST;
+use hyper::http::uri::Authority;
+
+use crate::config::TrackingConfig;
+use crate::decision::SlotWin;
+use crate::metrics::Metrics;
+use crate::stats::aggregator::{Aggregator, Counts, RowKey, current_minute};
+use crate::visitor::Visitor;
+use crate::visitor::symbol::Sym;
+
+pub mod keys;
+pub mod seen;
+pub mod token;
+
+pub use keys::Signer;
+pub use seen::{Mark, Seen, SeenWriter};
+pub use token::{Claims, EventKind, TokenError};
+
+/// Why tracking could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackingError {
+    /// A key file is unusable.
+    #[error("[tracking] {path}: {reason}")]
+    Key {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A key or journal file cannot be read or written.
+    #[error("[tracking] {path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// What became of one tracking request (the `outcome` label of
+/// `rotator_tracking_events_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Counted now.
+    Counted,
+    /// Already counted before.
+    Duplicate,
+    /// Genuine but expired: not counted (a click still redirects).
+    Expired,
+    /// Forged, altered, or signed by a key no longer known.
+    BadSignature,
+    /// Not a token, or a token for another kind of event.
+    Malformed,
+    /// A click whose impression was never counted: not counted, still redirected.
+    NoImpression,
+    /// A `HEAD` request: nothing counted.
+    Head,
+    /// The counted-once memory is full: not counted rather than perhaps counted twice.
+    SeenFull,
+}
+
+impl Outcome {
+    /// Every outcome, in index order.
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Counted,
+        Outcome::Duplicate,
+        Outcome::Expired,
+        Outcome::BadSignature,
+        Outcome::Malformed,
+        Outcome::NoImpression,
+        Outcome::Head,
+        Outcome::SeenFull,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Counted => "counted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Expired => "expired",
+            Outcome::BadSignature => "bad_signature",
+            Outcome::Malformed => "malformed",
+            Outcome::NoImpression => "no_impression",
+            Outcome::Head => "head",
+            Outcome::SeenFull => "seen_full",
+        }
+    }
+}
+
+/// One tracking request's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    /// What happened.
+    pub outcome: Outcome,
+    /// The token's claims when it is genuine (also when expired or not counted); `None` when
+    /// forged or malformed: then nothing may be trusted, not even where to redirect.
+    pub claims: Option<Claims>,
+}
+
+/// The three tokens of one decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    /// For `/v1/i/{token}`.
+    pub impression: String,
+    /// For `/v1/v/{token}`.
+    pub viewable: String,
+    /// For `/v1/c/{token}`.
+    pub click: String,
+}
+
+/// The absolute tracking URLs of one decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Urls {
+    /// `{base}/v1/i/{token}`.
+    pub impression: String,
+    /// `{base}/v1/v/{token}`.
+    pub viewable: String,
+    /// `{base}/v1/c/{token}`.
+    pub click: String,
+}
+
+impl Claims {
+    /// The claims of a new decision made now (Unix seconds `now`) for `visitor`: a fresh random
+    /// id; [`Tracker::tokens`] sets each token's kind and expiry.
+    pub fn for_decision(
+        visitor: &Visitor,
+        campaign_id: u32,
+        creative_id: u32,
+        placement: Sym,
+        now: u32,
+    ) -> Claims {
+        Claims {
+            id: new_id(),
+            kind: EventKind::Impression,
+            campaign_id,
+            creative_id,
+            placement,
+            issued: now,
+            expires: now,
+            country: visitor.country,
+            os: visitor.agent.os,
+            browser: visitor.agent.browser,
+            device: visitor.agent.device,
+        }
+    }
+}
+
+/// Signs and counts tracking events.
+pub struct Tracker {
+    signer: Signer,
+    seen: Arc<Seen>,
+    stats: Option<Arc<Aggregator>>,
+    metrics: Arc<Metrics>,
+    impression_ttl: u32,
+    click_ttl: u32,
+    /// `[tracking] public_url` without a trailing `/`; empty: from the request's `Host`.
+    public_url: String,
+    /// When the last "memory full" warning was logged (Unix seconds): one per minute at most.
+    warned_full: AtomicU32,
+}
+
+/// Now, Unix seconds.
+pub fn now() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+}
+
+/// A new decision id: 96 bits from the operating system's random source (a CSPRNG: the ids of
+/// other visitors' decisions must not be guessable).
+pub fn new_id() -> [u8; 12] {
+    let mut id = [0; 12];
+    if getrandom::fill(&mut id).is_err() {
+        // The OS source does not fail on Linux once seeded; should it, a fastrand id is unique
+        // enough for counting (tokens stay unforgeable: they are signed).
+        id.iter_mut().for_each(|b| *b = fastrand::u8(..));
+    }
+    id
+}
+
+impl Tracker {
+    /// Loads the keys (creating the first one) and the counted-once journal; the returned
+    /// writer must be stopped at shutdown, after the listeners, to journal the last events.
+    pub fn start(
+        config: &TrackingConfig,
+        stats: Option<Arc<Aggregator>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Arc<Tracker>, SeenWriter), TrackingError> {
+        let signer = Signer::load(config)?;
+        let (seen, writer) = Seen::open(&config.seen_file, config.seen_max_entries, now())?;
+        let tracker = Tracker::new(signer, seen, config, stats, metrics);
+        Ok((Arc::new(tracker), writer))
+    }
+
+    /// A tracker over parts built elsewhere (tests, benchmarks).
+    pub fn new(
+        signer: Signer,
+        seen: Arc<Seen>,
+        config: &TrackingConfig,
+        stats: Option<Arc<Aggregator>>,
+        metrics: Arc<Metrics>,
+    ) -> Tracker {
+        let secs = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        Tracker {
+            signer,
+            seen,
+            stats,
+            metrics,
+            impression_ttl: secs(config.impression_ttl),
+            click_ttl: secs(config.click_ttl),
+            public_url: config.public_url.trim_end_matches('/').to_string(),
+            warned_full: AtomicU32::new(0),
+        }
+    }
+
+    /// The signer (to sign or check tokens directly).
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    /// The impression, viewable and click tokens of the decision `decision` (its `id`, `issued`
+    /// and dimensions; its `kind` and `expires` are set here from the configured lifetimes).
+    pub fn tokens(&self, decision: &Claims) -> Tokens {
+        let with = |kind, ttl: u32| Claims {
+            kind,
+            expires: decision.issued.saturating_add(ttl),
+            ..*decision
+        };
+        Tokens {
+            impression: self
+                .signer
+                .sign(&with(EventKind::Impression, self.impression_ttl)),
+            viewable: self
+                .signer
+                .sign(&with(EventKind::Viewable, self.impression_ttl)),
+            click: self.signer.sign(&with(EventKind::Click, self.click_ttl)),
+        }
+    }
+
+    /// The base of tracking URLs for a request with `headers` (`trusted`: the peer is a trusted
+    /// proxy): `[tracking] public_url` when set; else `http://` and the `Host` header, where a
+    /// trusted proxy's `X-Forwarded-Host` and `X-Forwarded-Proto: https` are believed. A host
+    /// that is not a plain `host[:port]` (anything else could inject text into URLs and pages)
+    /// gives `""`: URLs relative to this server.
+    pub fn base_url(&self, headers: &HeaderMap, trusted: bool) -> String {
+        if !self.public_url.is_empty() {
+            return self.public_url.clone();
+        }
+        let forwarded = |name| trusted.then(|| headers.get(name)).flatten();
+        let host = forwarded("x-forwarded-host")
+            .or_else(|| headers.get(HOST))
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            .filter(|a| !a.as_str().contains('@') && !a.host().is_empty());
+        let https = forwarded("x-forwarded-proto")
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+        match host {
+            Some(host) if https => format!("https://{host}"),
+            Some(host) => format!("http://{host}"),
+            None => String::new(),
+        }
+    }
+
+    /// The absolute tracking URLs of a new decision: `win` shown to `visitor`, under `base` (see
+    /// [`Tracker::base_url`]).
+    pub fn urls(&self, base: &str, visitor: &Visitor, win: &SlotWin<'_>) -> Urls {
+        let decision = Claims::for_decision(
+            visitor,
+            win.campaign.id,
+            win.creative.id,
+            win.placement.sym,
+            now(),
+        );
+        self.urls_of(base, &decision)
+    }
+
+    /// The absolute tracking URLs of `decision` under `base`.
+    pub fn urls_of(&self, base: &str, decision: &Claims) -> Urls {
+        let t = self.tokens(decision);
+        Urls {
+            impression: format!("{base}/v1/i/{}", t.impression),
+            viewable: format!("{base}/v1/v/{}", t.viewable),
+            click: format!("{base}/v1/c/{}", t.click),
+        }
+    }
+
+    /// Handles one tracking request of `kind` with `token`; `head` for `HEAD` requests.
+    pub fn event(&self, kind: EventKind, token: &str, head: bool, now: u32) -> Event {
+        let event = self.judge(kind, token, head, now);
+        self.metrics.observe_tracking(kind, event.outcome);
+        event
+    }
+
+    fn judge(&self, kind: EventKind, token: &str, head: bool, now: u32) -> Event {
+        let claims = match self.signer.verify(kind, token, now) {
+            Ok(c) => c,
+            Err(TokenError::Expired(c)) => {
+                let outcome = if head {
+                    Outcome::Head
+                } else {
+                    Outcome::Expired
+                };
+                return Event {
+                    outcome,
+                    claims: Some(c),
+                };
+            }
+            Err(e) => {
+                let outcome = match e {
+                    TokenError::BadSignature | TokenError::UnknownKey => Outcome::BadSignature,
+                    _ => Outcome::Malformed,
+                };
+                return Event {
+                    outcome,
+                    claims: None,
+                };
+            }
+        };
+        let outcome = if head {
+            Outcome::Head
+        } else if kind == EventKind::Click && !self.seen.has(&claims.id, EventKind::Impression) {
+            Outcome::NoImpression
+        } else {
+            // An impression is remembered as long as its click may come.
+            let remember = match kind {
+                EventKind::Impression => claims
+                    .expires
+                    .max(claims.issued.saturating_add(self.click_ttl)),
+                _ => claims.expires,
+            };
+            match self.seen.first(&claims.id, kind, remember, now) {
+                Mark::First => {
+                    self.count(&claims);
+                    Outcome::Counted
+                }
+                Mark::Duplicate => Outcome::Duplicate,
+                Mark::Full => {
+                    self.warn_full(now);
+                    Outcome::SeenFull
+                }
+            }
+        };
+        Event {
+            outcome,
+            claims: Some(claims),
+        }
+    }
+
+    fn warn_full(&self, now: u32) {
+        let last = self.warned_full.load(Ordering::Relaxed);
+        if now >= last.saturating_add(60)
+            && self
+                .warned_full
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                "[tracking] seen_max_entries reached: new tracking events are not counted \
+                 (rotator_tracking_events_total{{outcome=\"seen_full\"}}) until older ones \
+                 expire; raise seen_max_entries or shorten the lifetimes"
+            );
+        }
+    }
+
+    /// Adds the event to the statistics row of its decision, in the current minute.
+    fn count(&self, claims: &Claims) {
+        let Some(stats) = &self.stats else {
+            return;
+        };
+        let one = |k| u64::from(claims.kind == k);
+        stats.add(
+            RowKey {
+                minute: current_minute(),
+                country: claims.country,
+                os: claims.os,
+                browser: claims.browser,
+                device: claims.device,
+                campaign_id: claims.campaign_id,
+                placement: claims.placement,
+                creative_id: claims.creative_id,
+            },
+            Counts {
+                requests: 0,
+                impressions: one(EventKind::Impression),
+                viewables: one(EventKind::Viewable),
+                clicks: one(EventKind::Click),
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hyper::header::HeaderValue;
+
+    use super::*;
+    use crate::visitor::geoip::Country;
+    use crate::visitor::symbol::Sym;
+    use crate::visitor::user_agent::Device;
+
+    fn decision(now: u32) -> Claims {
+        Claims {
+            id: new_id(),
+            kind: EventKind::Impression,
+            campaign_id: 7,
+            creative_id: 701,
+            placement: Sym::intern("top-banner"),
+            issued: now,
+            expires: now,
+            country: Country::parse("FR"),
+            os: Sym::intern("Linux"),
+            browser: Sym::intern("Firefox"),
+            device: Device::Bot,
+        }
+    }
+
+    fn tracker(max_entries: u64) -> (Tracker, Arc<Aggregator>) {
+        let stats = Arc::new(Aggregator::new(2));
+        let config = TrackingConfig::default();
+        let tracker = Tracker::new(
+            Signer::from_keys(&[3; 32], &[]).unwrap(),
+            Arc::new(Seen::new(max_entries)),
+            &config,
+            Some(stats.clone()),
+            Metrics::new(),
+        );
+        (tracker, stats)
+    }
+
+    fn totals(stats: &Aggregator) -> [u64; 4] {
+        stats.drain().iter().fold([0; 4], |t, r| {
+            assert_eq!((r.campaign_id, r.creative_id), (7, 701));
+            assert_eq!(
+                (r.placement.as_str(), r.device.as_str()),
+                ("top-banner", "bot")
+            );
+            [
+                t[0] + r.requests,
+                t[1] + r.impressions,
+                t[2] + r.viewables,
+                t[3] + r.clicks,
+            ]
+        })
+    }
+
+    #[test]
+    fn each_event_counted_once_clicks_only_after_impressions() {
+        let (t, stats) = tracker(1000);
+        let now = now();
+        let tokens = t.tokens(&decision(now));
+        let ev = |kind, token: &str, head| t.event(kind, token, head, now + 1).outcome;
+        assert_eq!(
+            ev(EventKind::Click, &tokens.click, false),
+            Outcome::NoImpression
+        );
+        assert_eq!(
+            ev(EventKind::Impression, &tokens.impression, true),
+            Outcome::Head
+        );
+        assert_eq!(
+            totals(&stats),
+            [0; 4],
+            "HEAD and clicks without impression count nothing"
+        );
+        for n in 0..100 {
+            let expected = if n == 0 {
+                Outcome::Counted
+            } else {
+                Outcome::Duplicate
+            };
+            assert_eq!(
+                ev(EventKind::Impression, &tokens.impression, false),
+                expected
+            );
+        }
+        assert_eq!(ev(EventKind::Click, &tokens.click, true), Outcome::Head);
+        assert_eq!(ev(EventKind::Click, &tokens.click, false), Outcome::Counted);
+        assert_eq!(
+            ev(EventKind::Click, &tokens.click, false),
+            Outcome::Duplicate
+        );
+        assert_eq!(
+            ev(EventKind::Viewable, &tokens.viewable, false),
+            Outcome::Counted
+        );
+        assert_eq!(
+            ev(EventKind::Viewable, &tokens.viewable, false),
+            Outcome::Duplicate
+        );
+        assert_eq!(totals(&stats), [0, 1, 1, 1]);
+    }
+
+    #[test]
+    fn forged_wrong_kind_and_expired() {
+        let (t, stats) = tracker(1000);
+        let now = now();
+        let tokens = t.tokens(&decision(now));
+        let forged = format!("{}A", &tokens.click[..tokens.click.len() - 1]);
+        let e = t.event(EventKind::Click, &forged, false, now);
+        assert_eq!((e.outcome, e.claims), (Outcome::BadSignature, None));
+        let e = t.event(EventKind::Click, &tokens.impression, false, now);
+        assert_eq!((e.outcome, e.claims), (Outcome::Malformed, None));
+        let e = t.event(EventKind::Click, "%%%", false, now);
+        assert_eq!(e.outcome, Outcome::Malformed);
+        // Expired: claims still there (a click redirects), nothing counted.
+        let later = now + 3600;
+        let e = t.event(EventKind::Impression, &tokens.impression, false, later);
+        assert_eq!(e.outcome, Outcome::Expired);
+        assert_eq!(e.claims.map(|c| c.creative_id), Some(701));
+        let e = t.event(EventKind::Click, &tokens.click, false, now + 86_400);
+        assert_eq!(e.outcome, Outcome::Expired);
+        assert_eq!(totals(&stats), [0; 4]);
+    }
+
+    #[test]
+    fn a_click_after_the_impression_token_expired_still_counts() {
+        let (t, stats) = tracker(1000);
+        let now = now();
+        let tokens = t.tokens(&decision(now));
+        let ev = |kind, token: &str, at| t.event(kind, token, false, at).outcome;
+        assert_eq!(
+            ev(EventKind::Impression, &tokens.impression, now),
+            Outcome::Counted
+        );
+        t.seen.purge(now + 7200);
+        assert_eq!(
+            ev(EventKind::Click, &tokens.click, now + 7200),
+            Outcome::Counted
+        );
+        assert_eq!(totals(&stats), [0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn outcomes_are_indexed_in_declaration_order() {
+        // `Metrics::observe_tracking` indexes its series by `outcome as usize`.
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{o:?}");
+        }
+    }
+
+    #[test]
+    fn base_url_from_config_or_a_valid_host() {
+        let (t, _) = tracker(10);
+        let base = |pairs: &[(&'static str, &'static str)], trusted| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            t.base_url(&h, trusted)
+        };
+        assert_eq!(
+            base(&[("host", "ads.example:8080")], false),
+            "http://ads.example:8080"
+        );
+        assert_eq!(base(&[("host", "[::1]:80")], false), "http://[::1]:80");
+        for bad in [
+            "evil.example/x",
+            "a b",
+            "user@evil.example",
+            "",
+            "\"><script>",
+        ] {
+            assert_eq!(base(&[("host", bad)], false), "", "{bad:?}");
+        }
+        assert_eq!(base(&[], false), "");
+        let proxied = [
+            ("host", "10.0.0.5:8080"),
+            ("x-forwarded-host", "ads.example"),
+            ("x-forwarded-proto", "HTTPS"),
+        ];
+        assert_eq!(base(&proxied, true), "https://ads.example");
+        assert_eq!(base(&proxied, false), "http://10.0.0.5:8080");
+
+        let config = TrackingConfig {
+            public_url: "https://ads.example/".into(),
+            ..TrackingConfig::default()
+        };
+        let t = Tracker::new(
+            Signer::from_keys(&[3; 32], &[]).unwrap(),
+            Arc::new(Seen::new(10)),
+            &config,
+            None,
+            Metrics::new(),
+        );
+        assert_eq!(t.base_url(&HeaderMap::new(), false), "https://ads.example");
+        let urls = t.urls_of("https://ads.example", &decision(now()));
+        let token = urls
+            .click
+            .strip_prefix("https://ads.example/v1/c/")
+            .unwrap();
+        assert_eq!(
+            t.event(EventKind::Click, token, true, now()).outcome,
+            Outcome::Head
+        );
+        assert!(urls.impression.starts_with("https://ads.example/v1/i/"));
+        assert!(urls.viewable.starts_with("https://ads.example/v1/v/"));
+    }
+
+    #[test]
+    fn a_full_memory_refuses_to_count() {
+        let (t, stats) = tracker(1);
+        let now = now();
+        let mut outcomes = Vec::new();
+        for _ in 0..200 {
+            let tokens = t.tokens(&decision(now));
+            outcomes.push(
+                t.event(EventKind::Impression, &tokens.impression, false, now)
+                    .outcome,
+            );
+        }
+        let counted = outcomes.iter().filter(|o| **o == Outcome::Counted).count() as u64;
+        assert!(counted <= 64, "one per shard at most: {counted}");
+        assert!(outcomes.contains(&Outcome::SeenFull));
+        assert_eq!(totals(&stats), [0, counted, 0, 0]);
+    }
+}
