@@ -382,7 +382,7 @@ fn visitor_identity(
 }
 
 /// One filled slot with its tracking URLs; an HTML creative's macros are filled in.
-fn render(
+pub(crate) fn render(
     tracker: &crate::tracking::Tracker,
     base: &str,
     visitor: &Visitor,

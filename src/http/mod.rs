@@ -5,6 +5,7 @@ pub mod decisions;
 pub mod guarded;
 pub mod routes;
 pub mod server;
+pub mod tags;
 pub mod tracking;
 
 /// The body type of every response: small and complete.

@@ -17,6 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::Body;
 use super::server::{Handler, Reply};
+use super::tags;
 use crate::campaigns::CatalogueHandle;
 use crate::decision::Decider;
 use crate::metrics::{Metrics, Route};
@@ -85,11 +86,11 @@ impl Handler for AdRoutes {
         let response = match (only_get_or_head(&req), route) {
             (Some(refused), _) => refused,
             (None, Route::Ad) => self.ad(&req, peer),
+            (None, Route::Tag) if req.uri().path() == "/v1/tag.js" => tags::tag_js(req.headers()),
+            (None, Route::Tag) => tags::frame(&self.decider, &self.tracker, &req, peer),
             (None, Route::Tracking) => super::tracking::answer(&self.tracker, &self.decider, &req)
                 .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")),
-            (None, Route::Decisions | Route::Tag | Route::Other) => {
-                text(StatusCode::NOT_FOUND, "not found\n")
-            }
+            (None, Route::Decisions | Route::Other) => text(StatusCode::NOT_FOUND, "not found\n"),
         };
         self.decider
             .metrics

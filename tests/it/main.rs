@@ -1,6 +1,7 @@
 //! The one integration-test binary: the real server over HTTP, and the real databases.
 
 mod allocations;
+mod browser;
 mod cli;
 mod decisions;
 mod edge;
