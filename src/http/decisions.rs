@@ -307,10 +307,16 @@ fn decide(
         let decision = win.as_ref().map(|w| render(tracker, &base, &visitor, w));
         decisions.push((slot.div.clone(), decision));
     }
-    serde_json::to_vec(&ResponseJson {
-        decisions: Decisions(decisions),
-    })
-    .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    // About 700 bytes per filled slot: sized once instead of doubling from serde_json's 128.
+    let mut out = Vec::with_capacity(64 + 768 * decisions.len());
+    serde_json::to_writer(
+        &mut out,
+        &ResponseJson {
+            decisions: Decisions(decisions),
+        },
+    )
+    .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(out)
 }
 
 /// Limits and uniqueness the types do not say.

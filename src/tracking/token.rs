@@ -38,6 +38,10 @@ pub const KEY_ID_LEN: usize = 4;
 pub const MAC_LEN: usize = 16;
 /// Bytes before the names.
 const FIXED_LEN: usize = 37;
+/// Where the kind byte sits (after the version and the key id).
+pub(crate) const KIND_AT: usize = 1 + KEY_ID_LEN;
+/// Where the expiry sits (after the kind, the id, the campaign, the creative and the issue time).
+pub(crate) const EXPIRES_AT: usize = KIND_AT + 1 + 12 + 4 + 4 + 4;
 /// The longest name a token carries; a longer one (none of uap-core's families, no placement
 /// slug) is signed as `Other`.
 const MAX_NAME: usize = 255;
