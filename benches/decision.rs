@@ -17,10 +17,11 @@ use hyper::header::{HeaderName, HeaderValue, USER_AGENT};
 
 use rotator::auction;
 use rotator::campaigns::{Catalogue, file};
-use rotator::config::Config;
+use rotator::config::{Config, TrackingConfig};
 use rotator::decision::Decider;
 use rotator::metrics::Metrics;
 use rotator::stats::aggregator::{Aggregator, RowKey, current_minute};
+use rotator::tracking::{Claims, EventKind, Seen, Signer, Tracker};
 use rotator::visitor::Visitor;
 use rotator::visitor::geoip::{GeoIp, GeoIpHandle};
 use rotator::visitor::user_agent::UserAgentParser;
@@ -328,6 +329,39 @@ fn bench_slots(c: &mut Criterion, f: &Fixture) {
     g.finish();
 }
 
+/// Tracking: signing a decision's three URLs, and answering an impression URL the first time
+/// (counted) and again (a duplicate), without HTTP.
+fn bench_tracking(c: &mut Criterion, f: &Fixture) {
+    let visitor = visitors(f).swap_remove(0);
+    let tracker = Tracker::new(
+        Signer::from_keys(&[7; 32], &[]).expect("key"),
+        Arc::new(Seen::new(100_000_000)),
+        &TrackingConfig::default(),
+        Some(Arc::new(Aggregator::new(4))),
+        Metrics::new(),
+    );
+    let placement = rotator::visitor::symbol::Sym::intern("top-banner");
+    let now = rotator::tracking::now();
+    let decision = || Claims::for_decision(&visitor, 7, 701, placement, now);
+    let mut g = c.benchmark_group("tracking");
+    g.bench_function("sign_three_urls", |b| {
+        b.iter(|| tracker.urls_of(black_box("http://ads.example"), &decision()))
+    });
+    g.bench_function("impression_counted", |b| {
+        b.iter_batched(
+            || tracker.tokens(&decision()).impression,
+            |token| tracker.event(EventKind::Impression, &token, false, now),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let token = tracker.tokens(&decision()).impression;
+    tracker.event(EventKind::Impression, &token, false, now);
+    g.bench_function("impression_duplicate", |b| {
+        b.iter(|| tracker.event(EventKind::Impression, black_box(&token), false, now))
+    });
+    g.finish();
+}
+
 fn bench_stats(c: &mut Criterion, f: &Fixture) {
     let minute = current_minute();
     let keys: Arc<Vec<RowKey>> = Arc::new(
@@ -466,6 +500,7 @@ fn benches(c: &mut Criterion) {
     bench_geoip(c, &f);
     bench_auction(c, &f);
     bench_slots(c, &f);
+    bench_tracking(c, &f);
     bench_stats(c, &f);
     bench_decision(c, &f);
 }
