@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 
 use crate::harness::{Server, config, report_json, temp_dir};
+use crate::support::{free_port, tool};
 
 /// The sandbox the tag must put on every ad frame (never `allow-same-origin`).
 const SANDBOX: &str = "allow-scripts allow-popups allow-popups-to-escape-sandbox \
@@ -32,31 +33,6 @@ const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, lik
 /// The image creative's colour and the html creative's (RGB).
 const RED: [u8; 3] = [220, 20, 30];
 const GREEN: [u8; 3] = [20, 160, 60];
-
-/// The path of `program`, or `None` (and a SKIPPED line) when it is not installed; panics when
-/// `ROTATOR_TEST_REQUIRE_SERVICES=1` (scripts/test installs it).
-fn tool(program: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .map(|dir| Path::new(dir).join(program))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        if std::env::var("ROTATOR_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-            panic!("{program} is not installed: run scripts/services install");
-        }
-        eprintln!("SKIPPED: {program} is not installed (scripts/services install installs it)");
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A 728×90 PNG of one colour.
 fn banner_png(rgb: [u8; 3]) -> Vec<u8> {

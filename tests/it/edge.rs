@@ -6,45 +6,19 @@
 //! proxy (127.0.0.1) is the only other trusted peer.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{Server, config, repo, request, request_from, run, seed_campaigns, temp_dir};
 use crate::server::{CHROME, GOOGLEBOT, RU};
+use crate::support::{free_port, tool};
 
 const VISITOR: &str = "127.0.0.2";
 const CDN: &str = "127.0.0.3";
 const YANDEX: Option<&str> = Some("https://yandex.ru");
 const DEFAULT: Option<&str> = Some("https://default.example");
-
-/// The path of `program` (PATH, then the sbin folders a non-login PATH may lack). When it is
-/// missing: panics if `ROTATOR_TEST_REQUIRE_SERVICES=1` (scripts/test), else says it skips.
-fn tool(program: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"])
-        .map(|dir| Path::new(dir).join(program))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        if std::env::var("ROTATOR_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-            panic!("{program} is not installed: run scripts/services install");
-        }
-        eprintln!("SKIPPED: {program} is not installed (scripts/services install installs it)");
-    }
-    found
-}
-
-/// A free loopback port (another process may take it before the proxy binds it: unlikely).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The first fenced block of `lang` in README.md: the snippets the README shows are the ones
 /// tested.

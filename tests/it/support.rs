@@ -35,3 +35,31 @@ pub fn exclusive<F: std::future::Future>(body: F) -> F::Output {
         .unwrap()
         .block_on(body)
 }
+
+/// The path of `program` (on `PATH`, or in the sbin folders where Debian puts daemons), or `None`
+/// and a SKIPPED line when it is not installed; panics when `ROTATOR_TEST_REQUIRE_SERVICES=1`
+/// (scripts/test installs it).
+pub fn tool(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"])
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        if std::env::var("ROTATOR_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+            panic!("{program} is not installed: run scripts/services install");
+        }
+        eprintln!("SKIPPED: {program} is not installed (scripts/services install installs it)");
+    }
+    found
+}
+
+/// A free loopback port (another process may take it before it is bound again: unlikely).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
