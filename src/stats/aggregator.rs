@@ -46,6 +46,7 @@ impl Hash for RowKey {
     /// Three words instead of one write per field: this hashes on every request. Equal keys
     /// write equal words, as `Eq` requires; the creative is folded into the campaign's half-word
     /// (a creative belongs to one campaign, so this rarely makes two keys collide).
+    #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
         let country = self.country.map_or(0, |c| {
             let [a, b] = c.letters();
