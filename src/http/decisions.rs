@@ -521,13 +521,7 @@ mod tests {
         for click in ["http://h:1/v1/c/AbC-_9", "http://h\"x\\/v1/c/A"] {
             let d = decision(click);
             let plain = !needs_escape(click);
-            let v = written(
-                &[
-                    ("a \"div\"".into(), Some(decision(click))),
-                    ("b".into(), None),
-                ],
-                plain,
-            );
+            let v = written(&[("a \"div\"", Some(decision(click))), ("b", None)], plain);
             let a = &v["decisions"]["a \"div\""];
             assert_eq!(a["campaign_id"], 7);
             assert_eq!(a["creative_id"], 4_294_967_295u64);
