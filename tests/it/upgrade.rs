@@ -158,20 +158,7 @@ fn old_schema(sink: &str, replace: &[(&str, &str)]) -> Vec<String> {
 /// The DDL in the repository file `path`, comment lines removed, placeholders replaced.
 fn schema(path: &str, replace: &[(&str, &str)]) -> Vec<String> {
     let text = std::fs::read_to_string(repo().join(path)).unwrap();
-    let text: String = text
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    text.split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            replace
-                .iter()
-                .fold(s.to_string(), |s, (from, to)| s.replace(from, to))
-        })
-        .collect()
+    rotator::stats::sinks::statements(&text, replace)
 }
 
 /// Values as SQL literals for the old rows (`ts` through `to_ts`).

@@ -167,23 +167,10 @@ fn literal(value: &str) -> String {
     out
 }
 
-/// The schema's statements, comment lines removed, placeholders replaced (`dim` is the type of
-/// the dimension columns): the HTTP interface takes one statement per request.
+/// The schema's statements with their placeholders replaced (`dim` is the type of the dimension
+/// columns): the HTTP interface takes one statement per request.
 fn statements(schema: &str, db: &str, table: &str, dim: &str) -> Vec<String> {
-    let text: String = schema
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    text.split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.replace("{db}", db)
-                .replace("{table}", table)
-                .replace("{dim}", dim)
-        })
-        .collect()
+    super::statements(schema, &[("{db}", db), ("{table}", table), ("{dim}", dim)])
 }
 
 /// The ClickHouse error code in a server answer: `Code: 27, e.displayText() = ...` (18.16),

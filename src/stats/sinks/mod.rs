@@ -23,6 +23,26 @@ pub const BATCH_ID_RETENTION_DAYS: u32 = 30;
 /// How often, at most, the SQL sinks delete expired batch ids.
 pub const BATCH_ID_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// The statements of a schema file (`schema/*.sql`), comment lines removed and each
+/// `(placeholder, value)` of `replace` filled in: database HTTP interfaces and drivers take one
+/// statement per request.
+pub fn statements(schema: &str, replace: &[(&str, &str)]) -> Vec<String> {
+    let text: String = schema
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            replace
+                .iter()
+                .fold(s.to_string(), |s, (from, to)| s.replace(from, to))
+        })
+        .collect()
+}
+
 /// Whether it is time to prune again: true at most once per [`BATCH_ID_PRUNE_EVERY`].
 pub fn prune_due(last: &std::sync::Mutex<Option<std::time::Instant>>) -> bool {
     let mut last = last.lock().unwrap_or_else(|e| e.into_inner());

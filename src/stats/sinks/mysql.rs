@@ -168,18 +168,9 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-/// The schema's statements, comment lines removed, `{table}` replaced.
+/// The schema's statements with `{table}` replaced.
 fn statements(schema: &str, table: &str) -> Vec<String> {
-    let text: String = schema
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    text.split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.replace("{table}", table))
-        .collect()
+    super::statements(schema, &[("{table}", table)])
 }
 
 /// Column `i` of a result row, converted without panicking (unlike `Row::get`).
