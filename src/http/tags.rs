@@ -281,11 +281,9 @@ impl<'a> From<&'a DecisionJson> for FrameAd<'a> {
 /// The placement id in a `/v1/frame/{placement}` path, when it is a valid slug.
 pub fn frame_placement(path: &str) -> Option<&str> {
     let id = path.strip_prefix("/v1/frame/")?;
-    let valid = (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    valid.then_some(id)
+    crate::campaigns::placements::id_problem(id)
+        .is_none()
+        .then_some(id)
 }
 
 #[cfg(test)]
