@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use super::creatives::{Creative, CreativeKind, Size};
 use super::placements::{self, Placement};
-use super::{Campaign, Targeting};
+use super::{Campaign, Delivery, Targeting};
 use super::{countries, names};
 use crate::config::{check_url, one_line};
 use crate::visitor::geoip::Country;
@@ -471,6 +471,7 @@ impl Checker {
                 targeting,
                 placements: placement_ids,
                 creatives,
+                delivery: Delivery::default(),
             });
         }
     }

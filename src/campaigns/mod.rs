@@ -5,6 +5,7 @@
 //! bid, with a [`index::TargetingIndex`] built once so that the auction never scans campaigns.
 //! [`reload`] swaps whole catalogues atomically; a request keeps the one it started with.
 
+pub mod budget;
 pub mod countries;
 pub mod creatives;
 pub mod file;
@@ -22,6 +23,7 @@ use hyper::header::HeaderValue;
 
 use crate::visitor::geoip::Country;
 use crate::visitor::user_agent::Device;
+pub use budget::{Budget, Delivery, FrequencyCap, Micros, Pacing, Pricing};
 pub use creatives::{Creative, CreativeKind, Size};
 pub use file::{CampaignsError, Parsed};
 use index::TargetingIndex;
@@ -54,6 +56,26 @@ pub struct Campaign {
     pub placements: Vec<String>,
     /// What the campaign shows in placements; without any it only serves `GET /ad`.
     pub creatives: Vec<Creative>,
+    /// Pricing, flight, budget and frequency cap.
+    pub delivery: Delivery,
+}
+
+impl Campaign {
+    /// What one counted impression costs: bid/1000 for a cpm campaign, nothing for cpc.
+    pub fn impression_cost(&self) -> Micros {
+        match self.delivery.pricing {
+            Pricing::Cpm => budget::to_micros(self.bid / 1000.0),
+            Pricing::Cpc => 0,
+        }
+    }
+
+    /// What one counted click costs: the bid for a cpc campaign, nothing for cpm.
+    pub fn click_cost(&self) -> Micros {
+        match self.delivery.pricing {
+            Pricing::Cpm => 0,
+            Pricing::Cpc => budget::to_micros(self.bid),
+        }
+    }
 }
 
 /// Targeting lists. Each empty list means "any".
