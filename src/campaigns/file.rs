@@ -12,8 +12,8 @@ use toml::Spanned;
 
 use super::creatives::{Creative, CreativeKind, Size};
 use super::placements::{self, Placement};
-use super::{Campaign, Delivery, Targeting};
-use super::{countries, names};
+use super::{Campaign, Targeting};
+use super::{budget, countries, names};
 use crate::config::{check_url, one_line};
 use crate::visitor::geoip::Country;
 use crate::visitor::symbol::Sym;
@@ -97,6 +97,11 @@ struct RawCampaign {
     placements: Vec<Spanned<String>>,
     #[serde(default)]
     creative: Vec<Spanned<RawCreative>>,
+    start: Option<Spanned<toml::value::Datetime>>,
+    end: Option<Spanned<toml::value::Datetime>>,
+    pricing: Option<Spanned<String>>,
+    budget: Option<Spanned<budget::RawBudget>>,
+    frequency_cap: Option<Spanned<budget::RawFrequencyCap>>,
 }
 
 fn default_active() -> bool {
@@ -448,6 +453,22 @@ impl Checker {
                 }
             }
         }
+        let delivery = budget::check(budget::RawDelivery {
+            start: raw.start,
+            end: raw.end,
+            pricing: raw.pricing,
+            budget: raw.budget,
+            frequency_cap: raw.frequency_cap,
+        });
+        let delivery = match delivery {
+            Ok(d) => Some(d),
+            Err(list) => {
+                for (offset, field, message) in list {
+                    problem(offset, field, message);
+                }
+                None
+            }
+        };
         for (offset, field, message) in found.iter() {
             let line = self.line(base, *offset);
             self.problems.push(format!(
@@ -455,7 +476,7 @@ impl Checker {
                 n + 1
             ));
         }
-        if let (Some(location), true) = (location, found.is_empty()) {
+        if let (Some(location), Some(delivery), true) = (location, delivery, found.is_empty()) {
             // Kept for the catalogue's life: no spare capacity (12 MB at 100,000 campaigns).
             targeting.countries.shrink_to_fit();
             targeting.browsers.shrink_to_fit();
@@ -471,7 +492,7 @@ impl Checker {
                 targeting,
                 placements: placement_ids,
                 creatives,
-                delivery: Delivery::default(),
+                delivery,
             });
         }
     }
@@ -872,6 +893,53 @@ kinds = ["image", "html"]
             "line 19: campaign 1 (entry 1): creative 5: id: duplicate: already used by the creative at line 15",
             "line 23: campaign 1 (entry 1): creative 5: click_url:",
             "line 24: campaign 1 (entry 1): creative 5: weight: must be 1 or more",
+        ] {
+            assert!(p.contains(expected), "{expected}\n---\n{p}");
+        }
+    }
+
+    #[test]
+    fn issue11_delivery_fields() {
+        let text = "[[campaign]]\nid = 1\nurl = \"https://a.b\"\nbid = 2.5\n\
+                    start = 2026-12-01T00:00:00Z\nend = 2026-12-31\npricing = \"cpc\"\n\
+                    [campaign.budget]\ndaily = 200.0\ntotal = 5000\npacing = \"asap\"\n\
+                    timezone = \"Europe/Berlin\"\n\
+                    [campaign.frequency_cap]\nimpressions = 3\nper = \"24h\"\n\
+                    [[campaign]]\nid = 2\nurl = \"https://a.b\"\nbid = 2.5\n";
+        let parsed = parse(text).unwrap();
+        let c = parsed.campaigns.iter().find(|c| c.id == 1).unwrap();
+        let d = &c.delivery;
+        assert_eq!(d.pricing, crate::campaigns::Pricing::Cpc);
+        assert_eq!(d.flight.start, Some(1_796_083_200));
+        // A bare end date is the day's last second in the budget's zone (UTC+1 in December).
+        assert_eq!(d.flight.end, Some(1_798_758_000 - 1));
+        let b = d.budget.as_ref().unwrap();
+        assert_eq!((b.daily, b.total), (Some(200_000_000), Some(5_000_000_000)));
+        assert_eq!(b.pacing, crate::campaigns::Pacing::Asap);
+        assert_eq!(b.timezone_name, "Europe/Berlin");
+        let cap = d.frequency_cap.unwrap();
+        assert_eq!((cap.impressions, cap.per_secs), (3, 86_400));
+        assert_eq!((c.impression_cost(), c.click_cost()), (0, 2_500_000));
+        let plain = parsed.campaigns.iter().find(|c| c.id == 2).unwrap();
+        assert!(plain.delivery.is_unlimited());
+        assert_eq!(plain.impression_cost(), 2_500);
+
+        let bad = "[[campaign]]\nid = 1\nurl = \"https://a.b\"\nbid = 1\n\
+                   start = 2026-12-31T00:00:00Z\nend = 2026-12-01T00:00:00Z\npricing = \"cpa\"\n\
+                   [campaign.budget]\ndaily = -1.0\npacing = \"fast\"\ntimezone = \"Mars/Base\"\n\
+                   [campaign.frequency_cap]\nimpressions = 0\nper = \"often\"\n\
+                   [[campaign]]\nid = 2\nurl = \"https://a.b\"\nbid = 1\n[campaign.budget]\n\
+                   pacing = \"even\"\n";
+        let p = problems(bad);
+        for expected in [
+            "line 5: campaign 1 (entry 1): end: is before start",
+            "line 7: campaign 1 (entry 1): pricing: \"cpa\" is not one of cpm, cpc",
+            "line 9: campaign 1 (entry 1): budget.daily: -1 must be a number more than 0",
+            "line 10: campaign 1 (entry 1): budget.pacing: \"fast\" is not one of even, asap",
+            "line 11: campaign 1 (entry 1): budget.timezone: \"Mars/Base\" is not an IANA time zone",
+            "line 13: campaign 1 (entry 1): frequency_cap.impressions: 0 must be a whole number",
+            "line 14: campaign 1 (entry 1): frequency_cap.per: \"often\" is not a duration",
+            "campaign 2 (entry 2): budget: needs daily, total or both",
         ] {
             assert!(p.contains(expected), "{expected}\n---\n{p}");
         }
