@@ -3,9 +3,10 @@
 -- servers from 20.1 on, String before). Works on 18.16 (Debian) and current releases: no
 -- DateTime64. On servers that support it (22.2+), migrate adds SETTINGS
 -- non_replicated_deduplication_window so that insert_deduplication_token works.
--- A table of release 0.1.0 (no placement, creative_id, viewables) is upgraded by migrate: this
--- table is created as {table}_upgrade, the old rows copied (placement '', creative_id 0), then
--- the two are swapped with RENAME TABLE (see src/stats/sinks/clickhouse.rs).
+-- A table of release 0.1.0 (no placement, creative_id, viewables) or of issue 10 (no spend) is
+-- upgraded by migrate: this table is created as {table}_upgrade, the old rows copied (placement
+-- '', creative_id 0, spend 0 where missing), then the two are swapped with RENAME TABLE (see
+-- src/stats/sinks/clickhouse/upgrade.rs). spend is in micro-units of the currency.
 CREATE DATABASE IF NOT EXISTS {db};
 
 CREATE TABLE IF NOT EXISTS {db}.{table} (
@@ -20,7 +21,8 @@ CREATE TABLE IF NOT EXISTS {db}.{table} (
     requests    UInt64,
     impressions UInt64,
     viewables   UInt64,
-    clicks      UInt64
-) ENGINE = SummingMergeTree((requests, impressions, viewables, clicks))
+    clicks      UInt64,
+    spend       UInt64
+) ENGINE = SummingMergeTree((requests, impressions, viewables, clicks, spend))
 PARTITION BY toYYYYMM(ts)
 ORDER BY (ts, country, os, browser, device, campaign_id, placement, creative_id)

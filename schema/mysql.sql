@@ -1,7 +1,8 @@
 -- rotator statistics, MySQL 8 / MariaDB 10.x. Applied by `rotator migrate` and at start
 -- ({table} is replaced with [stats.mysql] table). A table of release 0.1.0 (no placement,
 -- creative_id, viewables) is upgraded by migrate with one ALTER TABLE, its rows kept with
--- placement '' and creative_id 0.
+-- placement '' and creative_id 0; a table without spend (issue 10) gets it by another ALTER TABLE
+-- (rows kept with spend 0). spend is in micro-units of the currency (1.0 = 1000000).
 CREATE TABLE IF NOT EXISTS {table} (
     ts          DATETIME         NOT NULL,
     country     VARCHAR(2)       NOT NULL,
@@ -15,6 +16,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     impressions BIGINT UNSIGNED  NOT NULL DEFAULT 0,
     viewables   BIGINT UNSIGNED  NOT NULL DEFAULT 0,
     clicks      BIGINT UNSIGNED  NOT NULL DEFAULT 0,
+    spend       BIGINT UNSIGNED  NOT NULL DEFAULT 0,
     PRIMARY KEY (ts, country, os, browser, device, campaign_id, placement, creative_id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 

@@ -1,7 +1,8 @@
 -- rotator statistics, SQLite (the default sink). Applied by `rotator migrate` and at start.
 -- One row per (minute, country, os, browser, device, campaign, placement, creative); writes add
 -- to the counts. A table of release 0.1.0 (no placement, creative_id, viewables) is rebuilt into
--- this one by migrate, in one transaction, its rows kept with placement '' and creative_id 0.
+-- this one by migrate, in one transaction, its rows kept with placement '' and creative_id 0; a
+-- table without spend (issue 10) gets the column by ALTER TABLE, its rows kept with spend 0.
 CREATE TABLE IF NOT EXISTS stats (
     ts          INTEGER NOT NULL,           -- start of the minute, Unix seconds, UTC
     country     TEXT    NOT NULL,           -- ISO 3166-1 alpha-2, '' when unknown
@@ -15,6 +16,7 @@ CREATE TABLE IF NOT EXISTS stats (
     impressions INTEGER NOT NULL DEFAULT 0,
     viewables   INTEGER NOT NULL DEFAULT 0,
     clicks      INTEGER NOT NULL DEFAULT 0,
+    spend       INTEGER NOT NULL DEFAULT 0, -- micro-units of the currency (1.0 = 1000000)
     PRIMARY KEY (ts, country, os, browser, device, campaign_id, placement, creative_id)
 ) WITHOUT ROWID;
 

@@ -22,6 +22,9 @@ use prometheus::{
 use crate::auction::Outcome;
 use crate::tracking::{EventKind, Outcome as TrackingOutcome};
 
+mod delivery;
+pub use delivery::{Excluded, STATE_BACKENDS, STATE_OPS};
+
 /// Latency buckets, seconds: 50 µs to 1 s, roughly ×2 apart.
 const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -115,6 +118,8 @@ pub struct Metrics {
     connections: ConnectionVecs,
     /// `rotator_tracking_events_total`, index: kind * outcomes + outcome.
     tracking_events: Vec<IntCounter>,
+    /// Spend, budgets, pacing, exclusions and the state backend (issue 11).
+    delivery: delivery::DeliveryMetrics,
 }
 
 /// The connection series of every listener, by label `listener` (`ads`, `metrics`).
@@ -349,6 +354,7 @@ impl Metrics {
                     .map(|(k, o)| events.with_label_values(&[k, o]))
                     .collect()
             },
+            delivery: delivery::DeliveryMetrics::new(&registry),
             registry,
         })
     }

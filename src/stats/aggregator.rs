@@ -73,6 +73,8 @@ pub struct Counts {
     pub viewables: u64,
     /// Counted clicks.
     pub clicks: u64,
+    /// Spend of the counted impressions and clicks, micro-units of the currency.
+    pub spend: u64,
 }
 
 impl Counts {
@@ -83,6 +85,7 @@ impl Counts {
         self.impressions += other.impressions;
         self.viewables += other.viewables;
         self.clicks += other.clicks;
+        self.spend += other.spend;
     }
 }
 
@@ -190,6 +193,7 @@ impl Aggregator {
                 impressions: c.impressions,
                 viewables: c.viewables,
                 clicks: c.clicks,
+                spend: c.spend,
             })
             .collect();
         rows.sort_by(|a, b| a.key().cmp(&b.key()));
@@ -283,6 +287,7 @@ mod tests {
             slot("top", 702),
             Counts {
                 clicks: 2,
+                spend: 1_500_000,
                 ..Counts::default()
             },
         );
@@ -300,17 +305,17 @@ mod tests {
                 (
                     r.placement,
                     r.creative_id,
-                    [r.requests, r.impressions, r.viewables, r.clicks],
+                    [r.requests, r.impressions, r.viewables, r.clicks, r.spend],
                 )
             })
             .collect();
         assert_eq!(
             got,
             [
-                (String::new(), 0, [1, 1, 0, 0]),
-                ("side".to_string(), 701, [3, 0, 0, 0]),
-                ("top".to_string(), 701, [1, 1, 1, 0]),
-                ("top".to_string(), 702, [0, 0, 0, 2]),
+                (String::new(), 0, [1, 1, 0, 0, 0]),
+                ("side".to_string(), 701, [3, 0, 0, 0, 0]),
+                ("top".to_string(), 701, [1, 1, 1, 0, 0]),
+                ("top".to_string(), 702, [0, 0, 0, 2, 1_500_000]),
             ]
         );
     }

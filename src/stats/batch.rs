@@ -35,6 +35,10 @@ pub struct Row {
     pub viewables: u64,
     /// Counted clicks.
     pub clicks: u64,
+    /// Spend, micro-units of the currency (1.0 = 1,000,000). Defaulted: batches spooled before
+    /// issue 11 lack it.
+    #[serde(default)]
+    pub spend: u64,
 }
 
 impl Row {
@@ -74,8 +78,8 @@ impl Batch {
 mod tests {
     use super::*;
 
-    /// A batch as release 0.1.0 spooled it (no placement, creative or viewables) still loads,
-    /// with the defaults `GET /ad` rows get.
+    /// A batch as release 0.1.0 spooled it (no placement, creative, viewables or spend) still
+    /// loads, with the defaults `GET /ad` rows get.
     #[test]
     fn batches_of_release_0_1_0_load() {
         let old = r#"{"id":"b1","rows":[{"ts":1700000040,"country":"DE","os":"Linux","browser":"Firefox","device":"desktop","campaign_id":3,"requests":5,"impressions":4,"clicks":0}]}"#;
@@ -95,6 +99,7 @@ mod tests {
                 impressions: 4,
                 viewables: 0,
                 clicks: 0,
+                spend: 0,
             }]
         );
     }

@@ -467,6 +467,7 @@ mod tests {
                 creative_id: 0,
                 viewables: 0,
                 clicks: 0,
+                spend: 0,
             }],
         }
     }

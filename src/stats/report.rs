@@ -3,6 +3,10 @@
 //! Each sink turns a [`ReportQuery`] into one `GROUP BY` query; this module only validates the
 //! grouping, and formats rows as a table, CSV or JSON with totals and rates.
 //!
+//! Spend is stored in micro-units (1.0 currency = 1,000,000): the table prints currency units
+//! rounded to 2 decimals (half up); CSV and JSON print it exactly, as `spend` (a decimal with 6
+//! places; a string in JSON, where a number could lose digits) and `spend_micros` (the integer).
+//!
 //! Rates: `fill_rate` = impressions / requests, `ctr` = clicks / impressions, `viewable_rate` =
 //! viewables / impressions; each is 0 when its denominator is 0 (a number in every format, so a
 //! column of a spreadsheet or a JSON field never changes type).
@@ -79,6 +83,8 @@ pub struct ReportRow {
     pub viewables: u64,
     /// Clicks.
     pub clicks: u64,
+    /// Spend, micro-units.
+    pub spend: u64,
 }
 
 impl ReportRow {
@@ -100,6 +106,17 @@ impl ReportRow {
 /// Names of the count columns, then of the rate columns (JSON and CSV).
 const COUNT_NAMES: [&str; 4] = ["requests", "impressions", "viewables", "clicks"];
 const RATE_NAMES: [&str; 3] = ["fill_rate", "ctr", "viewable_rate"];
+
+/// `micros` as an exact decimal of currency units: `12.345678`.
+pub fn spend_exact(micros: u64) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
+/// `micros` in currency units rounded half up to 2 decimals: `12.35`.
+pub fn spend_cents(micros: u64) -> String {
+    let cents = (u128::from(micros) + 5_000) / 10_000;
+    format!("{}.{:02}", cents / 100, cents % 100)
+}
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -130,6 +147,7 @@ pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> 
         impressions: sum(|r| r.impressions),
         viewables: sum(|r| r.viewables),
         clicks: sum(|r| r.clicks),
+        spend: sum(|r| r.spend),
     };
     if query.by.is_empty() {
         // Without grouping the one row is the total (summed above), printed once.
@@ -161,6 +179,8 @@ pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> 
                 for (name, n) in COUNT_NAMES.iter().zip(r.counts()) {
                     fields.insert(name.to_string(), n.into());
                 }
+                fields.insert("spend".into(), spend_exact(r.spend).into());
+                fields.insert("spend_micros".into(), r.spend.into());
                 for (name, rate) in RATE_NAMES.iter().zip(r.rates()) {
                     fields.insert(name.to_string(), rate.into());
                 }
@@ -180,6 +200,7 @@ pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> 
                 .iter()
                 .copied()
                 .chain(COUNT_NAMES)
+                .chain(["spend", "spend_micros"])
                 .chain(RATE_NAMES)
                 .collect();
             let _ = writeln!(out, "{}", header.join(","));
@@ -190,6 +211,7 @@ pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> 
                     fields[0] = "TOTAL".into();
                 }
                 fields.extend(r.counts().map(|n| n.to_string()));
+                fields.extend([spend_exact(r.spend), r.spend.to_string()]);
                 fields.extend(r.rates().map(|rate| format!("{rate:.4}")));
                 let _ = writeln!(out, "{}", fields.join(","));
             }
@@ -200,6 +222,7 @@ pub fn render(query: &ReportQuery, mut rows: Vec<ReportRow>, format: Format) -> 
                     .iter()
                     .map(|s| s.to_string())
                     .chain(COUNT_NAMES.map(String::from))
+                    .chain(["spend".to_string()])
                     .chain(RATE_NAMES.map(|n| n.replace('_', " ")))
                     .collect(),
             ];
@@ -246,6 +269,7 @@ fn cells(r: &ReportRow) -> Vec<String> {
         .map(|g| if g.is_empty() { "-".into() } else { g.clone() })
         .collect();
     c.extend(r.counts().map(|n| n.to_string()));
+    c.push(spend_cents(r.spend));
     c.extend(r.rates().map(|rate| format!("{:.1}%", 100.0 * rate)));
     c
 }
@@ -262,14 +286,15 @@ fn csv_field(value: &str) -> String {
 mod tests {
     use super::*;
 
-    fn line(group: &[&str], counts: [u64; 4]) -> ReportRow {
-        let [requests, impressions, viewables, clicks] = counts;
+    fn line(group: &[&str], counts: [u64; 5]) -> ReportRow {
+        let [requests, impressions, viewables, clicks, spend] = counts;
         ReportRow {
             group: group.iter().map(|g| g.to_string()).collect(),
             requests,
             impressions,
             viewables,
             clicks,
+            spend,
         }
     }
 
@@ -279,7 +304,10 @@ mod tests {
             to: 60,
             by: vec!["campaign_id"],
         };
-        let r = vec![line(&["0"], [5, 0, 0, 0]), line(&["1"], [15, 15, 0, 0])];
+        let r = vec![
+            line(&["0"], [5, 0, 0, 0, 0]),
+            line(&["1"], [15, 15, 0, 0, 45_000]),
+        ];
         (q, r)
     }
 
@@ -292,13 +320,15 @@ mod tests {
         let csv = render(&q, r.clone(), Format::Csv);
         assert_eq!(
             csv,
-            "campaign,requests,impressions,viewables,clicks,fill_rate,ctr,viewable_rate\n\
-             1,15,15,0,0,1.0000,0.0000,0.0000\n\
-             0,5,0,0,0,0.0000,0.0000,0.0000\n\
-             TOTAL,20,15,0,0,0.7500,0.0000,0.0000\n"
+            "campaign,requests,impressions,viewables,clicks,spend,spend_micros,fill_rate,ctr,viewable_rate\n\
+             1,15,15,0,0,0.045000,45000,1.0000,0.0000,0.0000\n\
+             0,5,0,0,0,0.000000,0,0.0000,0.0000,0.0000\n\
+             TOTAL,20,15,0,0,0.045000,45000,0.7500,0.0000,0.0000\n"
         );
         let json: serde_json::Value = serde_json::from_str(&render(&q, r, Format::Json)).unwrap();
         assert_eq!(json["total"]["requests"], 20);
+        assert_eq!(json["total"]["spend"], "0.045000");
+        assert_eq!(json["total"]["spend_micros"], 45_000);
         assert_eq!(json["rows"][0]["campaign"], "1");
     }
 
@@ -312,32 +342,32 @@ mod tests {
             by: vec!["placement", "creative_id"],
         };
         let r = vec![
-            line(&["top", "701"], [40, 20, 10, 2]),
-            line(&["side", "0"], [10, 0, 0, 0]),
-            line(&["", "0"], [30, 30, 0, 0]),
+            line(&["top", "701"], [40, 20, 10, 2, 0]),
+            line(&["side", "0"], [10, 0, 0, 0, 0]),
+            line(&["", "0"], [30, 30, 0, 0, 0]),
         ];
         assert_eq!(
             render(&q, r.clone(), Format::Csv),
-            "placement,creative,requests,impressions,viewables,clicks,fill_rate,ctr,viewable_rate\n\
-             top,701,40,20,10,2,0.5000,0.1000,0.5000\n\
-             ,0,30,30,0,0,1.0000,0.0000,0.0000\n\
-             side,0,10,0,0,0,0.0000,0.0000,0.0000\n\
-             TOTAL,,80,50,10,2,0.6250,0.0400,0.2000\n"
+            "placement,creative,requests,impressions,viewables,clicks,spend,spend_micros,fill_rate,ctr,viewable_rate\n\
+             top,701,40,20,10,2,0.000000,0,0.5000,0.1000,0.5000\n\
+             ,0,30,30,0,0,0.000000,0,1.0000,0.0000,0.0000\n\
+             side,0,10,0,0,0,0.000000,0,0.0000,0.0000,0.0000\n\
+             TOTAL,,80,50,10,2,0.000000,0,0.6250,0.0400,0.2000\n"
         );
         assert_eq!(
             render(&q, r.clone(), Format::Table),
-            "placement  creative  requests  impressions  viewables  clicks  fill rate    ctr  viewable rate\n\
-             top        701             40           20         10       2      50.0%  10.0%          50.0%\n\
-             -          0               30           30          0       0     100.0%   0.0%           0.0%\n\
-             side       0               10            0          0       0       0.0%   0.0%           0.0%\n\
-             TOTAL      -               80           50         10       2      62.5%   4.0%          20.0%\n"
+            "placement  creative  requests  impressions  viewables  clicks  spend  fill rate    ctr  viewable rate\n\
+             top        701             40           20         10       2   0.00      50.0%  10.0%          50.0%\n\
+             -          0               30           30          0       0   0.00     100.0%   0.0%           0.0%\n\
+             side       0               10            0          0       0   0.00       0.0%   0.0%           0.0%\n\
+             TOTAL      -               80           50         10       2   0.00      62.5%   4.0%          20.0%\n"
         );
         let json: serde_json::Value = serde_json::from_str(&render(&q, r, Format::Json)).unwrap();
         assert_eq!(
             json["rows"][0],
             serde_json::json!({"placement": "top", "creative": "701", "requests": 40,
-                "impressions": 20, "viewables": 10, "clicks": 2, "fill_rate": 0.5, "ctr": 0.1,
-                "viewable_rate": 0.5})
+                "impressions": 20, "viewables": 10, "clicks": 2, "spend": "0.000000",
+                "spend_micros": 0, "fill_rate": 0.5, "ctr": 0.1, "viewable_rate": 0.5})
         );
         assert_eq!(json["total"]["ctr"], 0.04);
         assert_eq!(json["total"]["viewable_rate"], 0.2);
@@ -352,23 +382,24 @@ mod tests {
             to: 60,
             by: vec![],
         };
-        let r = vec![line(&[], [20, 15, 3, 6])];
+        let r = vec![line(&[], [20, 15, 3, 6, 1_234_567])];
         assert_eq!(
             render(&q, r.clone(), Format::Table),
-            "requests  impressions  viewables  clicks  fill rate    ctr  viewable rate\n\
-             \x20     20           15          3       6      75.0%  40.0%          20.0%\n"
+            "requests  impressions  viewables  clicks  spend  fill rate    ctr  viewable rate\n\
+             \x20     20           15          3       6   1.23      75.0%  40.0%          20.0%\n"
         );
         assert_eq!(
             render(&q, r.clone(), Format::Csv),
-            "requests,impressions,viewables,clicks,fill_rate,ctr,viewable_rate\n\
-             20,15,3,6,0.7500,0.4000,0.2000\n"
+            "requests,impressions,viewables,clicks,spend,spend_micros,fill_rate,ctr,viewable_rate\n\
+             20,15,3,6,1.234567,1234567,0.7500,0.4000,0.2000\n"
         );
         let json: serde_json::Value = serde_json::from_str(&render(&q, r, Format::Json)).unwrap();
         assert_eq!(json["rows"], serde_json::json!([]));
         assert_eq!(
             json["total"],
             serde_json::json!({"requests": 20, "impressions": 15, "viewables": 3, "clicks": 6,
-                "fill_rate": 0.75, "ctr": 0.4, "viewable_rate": 0.2})
+                "spend": "1.234567", "spend_micros": 1_234_567, "fill_rate": 0.75, "ctr": 0.4,
+                "viewable_rate": 0.2})
         );
     }
 
@@ -378,8 +409,43 @@ mod tests {
         r[0].requests = u64::MAX;
         let csv = render(&q, r, Format::Csv);
         assert!(
-            csv.ends_with(&format!("TOTAL,{},15,0,0,0.0000,0.0000,0.0000\n", u64::MAX)),
+            csv.ends_with(&format!(
+                "TOTAL,{},15,0,0,0.045000,45000,0.0000,0.0000,0.0000\n",
+                u64::MAX
+            )),
             "{csv}"
         );
+    }
+
+    /// Issue 11: spend is exact in CSV and JSON, rounded half up to cents in the table, and its
+    /// total saturates like the counts.
+    #[test]
+    fn issue11_spend_exact_and_in_cents() {
+        assert_eq!(spend_exact(0), "0.000000");
+        assert_eq!(spend_exact(1), "0.000001");
+        assert_eq!(spend_exact(200_000_000), "200.000000");
+        assert_eq!(spend_exact(u64::MAX), "18446744073709.551615");
+        assert_eq!(spend_cents(0), "0.00");
+        assert_eq!(spend_cents(4_999), "0.00");
+        assert_eq!(spend_cents(5_000), "0.01");
+        assert_eq!(spend_cents(1_994_999), "1.99");
+        assert_eq!(spend_cents(1_995_000), "2.00");
+        assert_eq!(spend_cents(u64::MAX), "18446744073709.55");
+        let q = ReportQuery {
+            from: 0,
+            to: 60,
+            by: vec!["campaign_id"],
+        };
+        let r = vec![
+            line(&["1"], [10, 10, 0, 1, u64::MAX - 1]),
+            line(&["2"], [5, 5, 0, 0, 7]),
+        ];
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&q, r.clone(), Format::Json)).unwrap();
+        assert_eq!(json["rows"][1]["spend"], "0.000007");
+        assert_eq!(json["rows"][1]["spend_micros"], 7);
+        assert_eq!(json["total"]["spend_micros"], u64::MAX);
+        let table = render(&q, r, Format::Table);
+        assert!(table.lines().nth(2).unwrap().contains(" 0.00 "), "{table}");
     }
 }

@@ -342,6 +342,7 @@ mod tests {
                 creative_id: 0,
                 viewables: 0,
                 clicks: 0,
+                spend: requests * 1_000,
             }],
         }
     }

@@ -431,6 +431,7 @@ impl Tracker {
                 impressions: one(EventKind::Impression),
                 viewables: one(EventKind::Viewable),
                 clicks: one(EventKind::Click),
+                spend: 0,
             },
         );
     }

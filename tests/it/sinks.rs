@@ -24,6 +24,12 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 /// An OS name with every character that text formats escape.
 const AWKWARD_OS: &str = "Tab\tNew\nBack\\slash 'quote' \"dq\" ż";
 
+/// The spend the test gives a row: distinct from every count, and a linear function of them,
+/// so the expected sums of any rows follow from their requests and impressions.
+fn spend(requests: u64, impressions: u64) -> u64 {
+    impressions.saturating_mul(1_500).saturating_add(requests)
+}
+
 fn row(
     ts: u32,
     country: &str,
@@ -46,6 +52,7 @@ fn row(
         impressions,
         viewables: 0,
         clicks: 0,
+        spend: spend(requests, impressions),
     }
 }
 
@@ -77,6 +84,7 @@ fn line(group: &[&str], requests: u64, impressions: u64) -> ReportRow {
         impressions,
         viewables: 0,
         clicks: 0,
+        spend: spend(requests, impressions),
     }
 }
 
@@ -143,6 +151,25 @@ async fn exercise(sink: &Sink, run: &str, replay_is_noop: bool) {
     sink.write(&a, TIMEOUT).await.expect("write a");
     sink.write(&b, TIMEOUT).await.expect("write b");
     assert_totals_of_a_and_b(sink).await;
+
+    // Issue 11: requests by UTC minute of the day, all keys summed, in a half-open range.
+    let (first, minute) = (T0 / 60, (T0 / 60 % 1440) as usize);
+    let curve = sink
+        .traffic_curve(first - 1440, first + 2)
+        .await
+        .expect("traffic curve");
+    assert_eq!(curve.len(), 1440);
+    assert_eq!((curve[minute], curve[minute + 1]), (25, 10));
+    assert_eq!(curve.iter().sum::<u64>(), 35);
+    let curve = sink
+        .traffic_curve(first + 1, first + 1441)
+        .await
+        .expect("traffic curve");
+    assert_eq!((curve[minute], curve[minute + 1]), (0, 10));
+    assert_eq!(
+        sink.traffic_curve(0, first).await.expect("traffic curve"),
+        vec![0; 1440]
+    );
 
     // A batch spanning several statements (MySQL writes 500 rows per INSERT).
     let t = T0 + 4 * MINUTE;
@@ -280,7 +307,8 @@ async fn clickhouse_sink_writes_reports_and_classifies_errors_async() {
             clickhouse_admin(&url)
                 .query(&format!(
                     "CREATE TABLE {db}.wrong (ts Date, country String, os String, browser String, device String, \
-                     campaign_id UInt32, placement String, creative_id UInt32, requests UInt64, impressions UInt64, viewables UInt64, clicks UInt64) \
+                     campaign_id UInt32, placement String, creative_id UInt32, requests UInt64, impressions UInt64, viewables UInt64, clicks UInt64, \
+                     spend UInt64) \
                      ENGINE = MergeTree() ORDER BY ts"
                 ))
                 .execute()

@@ -13,8 +13,8 @@ use crate::server::{CHROME, CHROME_ANDROID, DE, FIREFOX, GOOGLEBOT, RU, US};
 use crate::support::{service_lock, service_url};
 
 /// (campaign, country, browser, os, device, placement, creative) → (requests, impressions,
-/// viewables, clicks), as the report prints them.
-pub type Sums = BTreeMap<[String; 7], [u64; 4]>;
+/// viewables, clicks, spend in micro-units), as the report prints them.
+pub type Sums = BTreeMap<[String; 7], [u64; 5]>;
 
 /// The known mix: per round, 3 RU Chrome desktop (campaign 1), 2 DE Chrome Mobile (2),
 /// 1 US Firefox (3), 1 Googlebot (bot, 0) and 1 US Chrome (no fill, 0).
@@ -41,23 +41,23 @@ pub fn expected(rounds: u64) -> Sums {
     Sums::from([
         (
             ad_key(["1", "RU", "Chrome", "Windows", "desktop"]),
-            [3 * rounds, 3 * rounds, 0, 0],
+            [3 * rounds, 3 * rounds, 0, 0, 0],
         ),
         (
             ad_key(["2", "DE", "Chrome Mobile", "Android", "mobile"]),
-            [2 * rounds, 2 * rounds, 0, 0],
+            [2 * rounds, 2 * rounds, 0, 0, 0],
         ),
         (
             ad_key(["3", "US", "Firefox", "Linux", "desktop"]),
-            [rounds, rounds, 0, 0],
+            [rounds, rounds, 0, 0, 0],
         ),
         (
             ad_key(["0", "RU", "Googlebot", "Other", "bot"]),
-            [rounds, 0, 0, 0],
+            [rounds, 0, 0, 0, 0],
         ),
         (
             ad_key(["0", "US", "Chrome", "Windows", "desktop"]),
-            [rounds, 0, 0, 0],
+            [rounds, 0, 0, 0, 0],
         ),
     ])
 }
@@ -69,7 +69,10 @@ pub fn report(dir: &std::path::Path) -> Sums {
     for row in v["rows"].as_array().unwrap() {
         let key = KEY_COLUMNS.map(|k| row[k].as_str().unwrap().to_string());
         let entry = sums.entry(key).or_default();
-        for (sum, name) in entry.iter_mut().zip(COUNT_COLUMNS) {
+        for (sum, name) in entry
+            .iter_mut()
+            .zip(COUNT_COLUMNS.iter().chain(&["spend_micros"]))
+        {
             *sum += row[name].as_u64().unwrap();
         }
     }
@@ -103,12 +106,33 @@ const KEY_COLUMNS: [&str; 7] = [
     "creative",
 ];
 
-/// The count columns in the order of [`Sums`] values, then the rates.
+/// The count columns in the order of [`Sums`] values, then the spend columns (CSV and JSON; the
+/// table has `spend` only), then the rates.
 const COUNT_COLUMNS: [&str; 4] = ["requests", "impressions", "viewables", "clicks"];
+const SPEND_COLUMNS: [&str; 2] = ["spend", "spend_micros"];
 const RATE_COLUMNS: [&str; 3] = ["fill_rate", "ctr", "viewable_rate"];
 
-/// One parsed report: group values → counts, and the total line.
-type Parsed = (BTreeMap<Vec<String>, [u64; 4]>, [u64; 4]);
+/// One parsed report: group values → counts and spend, and the total line. The table's spend is
+/// in cents (it prints currency units with 2 decimals); CSV's and JSON's in micro-units.
+type Parsed = (BTreeMap<Vec<String>, [u64; 5]>, [u64; 5]);
+
+/// Spend in micro-units rounded half up to cents, as the table prints it.
+fn cents(micros: u64) -> u64 {
+    (micros + 5_000) / 10_000
+}
+
+/// Checks an exact spend decimal (`12.345678`) against its micro-units.
+fn assert_spend_exact(decimal: &str, micros: u64, out: &str) {
+    let (units, fraction) = decimal
+        .split_once('.')
+        .unwrap_or_else(|| panic!("spend {decimal:?}\n{out}"));
+    assert_eq!(fraction.len(), 6, "spend {decimal:?}\n{out}");
+    let parsed = units.parse::<u64>().unwrap() * 1_000_000 + fraction.parse::<u64>().unwrap();
+    assert_eq!(
+        parsed, micros,
+        "spend {decimal:?} vs spend_micros {micros}\n{out}"
+    );
+}
 
 /// `part / whole`, 0 without a whole, as the report defines its rates.
 fn ratio(part: u64, whole: u64) -> f64 {
@@ -121,8 +145,8 @@ fn ratio(part: u64, whole: u64) -> f64 {
 
 /// Checks the rates printed beside `counts`: fill rate, CTR, viewable rate, each within the
 /// rounding of its format (`scale` 1 for JSON and CSV, 100 for the table's percentages).
-fn assert_rates(counts: [u64; 4], rates: &[f64], tolerance: f64, scale: f64, out: &str) {
-    let [requests, impressions, viewables, clicks] = counts;
+fn assert_rates(counts: [u64; 5], rates: &[f64], tolerance: f64, scale: f64, out: &str) {
+    let [requests, impressions, viewables, clicks, _] = counts;
     let want = [
         ratio(impressions, requests),
         ratio(clicks, impressions),
@@ -142,13 +166,18 @@ fn assert_rates(counts: [u64; 4], rates: &[f64], tolerance: f64, scale: f64, out
 fn parse_report(format: &str, n: usize, out: &str) -> Parsed {
     let mut groups = BTreeMap::new();
     let number = |s: &str| -> u64 { s.parse().unwrap_or_else(|e| panic!("{s:?}: {e}\n{out}")) };
-    let width = n + COUNT_COLUMNS.len() + RATE_COLUMNS.len();
+    let spend_width = if format == "table" { 1 } else { 2 };
+    let width = n + COUNT_COLUMNS.len() + spend_width + RATE_COLUMNS.len();
     let total = match format {
         "json" => {
             let v: serde_json::Value =
                 serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"));
             let counts = |r: &serde_json::Value| {
-                let counts = COUNT_COLUMNS.map(|c| r[c].as_u64().unwrap());
+                let micros = r["spend_micros"].as_u64().unwrap();
+                assert_spend_exact(r["spend"].as_str().unwrap(), micros, out);
+                let [requests, impressions, viewables, clicks] =
+                    COUNT_COLUMNS.map(|c| r[c].as_u64().unwrap());
+                let counts = [requests, impressions, viewables, clicks, micros];
                 let rates: Vec<f64> = RATE_COLUMNS
                     .iter()
                     .map(|c| r[c].as_f64().unwrap())
@@ -162,7 +191,9 @@ fn parse_report(format: &str, n: usize, out: &str) -> Parsed {
                 let group = obj
                     .iter()
                     .filter(|(k, _)| {
-                        !COUNT_COLUMNS.contains(&k.as_str()) && !RATE_COLUMNS.contains(&k.as_str())
+                        !COUNT_COLUMNS.contains(&k.as_str())
+                            && !SPEND_COLUMNS.contains(&k.as_str())
+                            && !RATE_COLUMNS.contains(&k.as_str())
                     })
                     .map(|(k, v)| {
                         (
@@ -200,6 +231,7 @@ fn parse_report(format: &str, n: usize, out: &str) -> Parsed {
             assert!(lines.len() >= 2, "{out}");
             let header: Vec<String> = COUNT_COLUMNS
                 .iter()
+                .chain(&SPEND_COLUMNS[..spend_width])
                 .chain(&RATE_COLUMNS)
                 .map(|c| {
                     if format == "csv" {
@@ -214,13 +246,24 @@ fn parse_report(format: &str, n: usize, out: &str) -> Parsed {
                 assert_eq!(l.len(), width, "{l:?} in\n{out}");
             }
             let line = |l: &[String]| {
-                let counts: [u64; 4] = std::array::from_fn(|i| number(&l[n + i]));
+                let spend = &l[n + 4];
+                let spend = if format == "csv" {
+                    let micros = number(&l[n + 5]);
+                    assert_spend_exact(spend, micros, out);
+                    micros
+                } else {
+                    let (units, cents) = spend.split_once('.').unwrap();
+                    assert_eq!(cents.len(), 2, "spend {spend:?}\n{out}");
+                    number(units) * 100 + number(cents)
+                };
+                let counts: [u64; 5] =
+                    std::array::from_fn(|i| if i < 4 { number(&l[n + i]) } else { spend });
                 let (scale, tolerance) = if format == "csv" {
                     (1.0, 0.00005)
                 } else {
                     (100.0, 0.05)
                 };
-                let rates: Vec<f64> = l[n + 4..]
+                let rates: Vec<f64> = l[n + 4 + spend_width..]
                     .iter()
                     .map(|r| {
                         r.trim_end_matches('%')
@@ -246,20 +289,21 @@ fn parse_report(format: &str, n: usize, out: &str) -> Parsed {
 }
 
 /// Checks every grouping in every format against `expected` (issue 8 item 3: totals without
-/// `--by` used to print 0; issue 10 item 5: placement, creative, viewables, clicks and rates).
+/// `--by` used to print 0; issue 10 item 5: placement, creative, viewables, clicks and rates;
+/// issue 11: spend, exact in CSV and JSON, in cents in the table).
 pub fn assert_every_report(dir: &std::path::Path, expected: &Sums) {
     let cfg = dir.join("rotator.toml");
-    let add = |t: &mut [u64; 4], v: &[u64; 4]| {
+    let add = |t: &mut [u64; 5], v: &[u64; 5]| {
         for (t, v) in t.iter_mut().zip(v) {
             *t += v;
         }
     };
-    let mut total = [0; 4];
+    let mut total = [0; 5];
     for v in expected.values() {
         add(&mut total, v);
     }
     for by in GROUPINGS {
-        let mut want = BTreeMap::<Vec<String>, [u64; 4]>::new();
+        let mut want = BTreeMap::<Vec<String>, [u64; 5]>::new();
         for (key, v) in expected {
             let group = by
                 .iter()
@@ -281,7 +325,15 @@ pub fn assert_every_report(dir: &std::path::Path, expected: &Sums) {
             let (status, out, err) = run(&args, None);
             assert!(status.success(), "{args:?}: {err}");
             let (groups, got_total) = parse_report(format, by.len(), &out);
-            assert_eq!(got_total, total, "total of {args:?}:\n{out}");
+            // The table shows spend in cents.
+            let shown = |mut v: [u64; 5]| {
+                if format == "table" {
+                    v[4] = cents(v[4]);
+                }
+                v
+            };
+            let want: BTreeMap<_, _> = want.iter().map(|(k, v)| (k.clone(), shown(*v))).collect();
+            assert_eq!(got_total, shown(total), "total of {args:?}:\n{out}");
             assert_eq!(groups, want, "rows of {args:?}:\n{out}");
         }
     }
@@ -416,7 +468,7 @@ fn issue9_bad_spooled_batches_do_not_block_the_rest() {
     let mut want = expected(1);
     want.insert(
         ad_key(["3", "DE", "Firefox", "Linux", "desktop"]),
-        [5, 0, 0, 0],
+        [5, 0, 0, 0, 0],
     );
     assert_eq!(report(&dir), want, "{log}");
 }

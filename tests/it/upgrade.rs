@@ -1,12 +1,14 @@
-//! Issue 10 item 5: databases created by release 0.1.0 are upgraded, not recreated.
+//! Issue 10 item 5 and issue 11: databases created by release 0.1.0 and by the schema of issue 10
+//! (no `spend`) are upgraded, not recreated.
 //!
-//! For each sink (SQLite; MariaDB and ClickHouse from `scripts/services`): create the schema of
-//! release 0.1.0 (`tests/data/schema-0.1.0/`) with rows and an applied batch id, run the real
-//! `rotator migrate` twice, compare every stored row (placement `''`, creative 0, viewables 0
-//! added), then let the real server write rows with placements and creatives (a spooled batch
-//! it replays, and `GET /ad` traffic) and check them in the table and in every report. The
-//! already-applied batch id, replayed from the spool after the upgrade, counts nothing (SQL sinks;
-//! ClickHouse 18.16 has no batch ids).
+//! For each sink (SQLite; MariaDB and ClickHouse from `scripts/services`) and each old schema
+//! (`tests/data/schema-0.1.0/`, `tests/data/schema-issue10/`): create it with rows and an applied
+//! batch id, run the real `rotator migrate` twice, compare every stored row (placement `''`,
+//! creative 0, viewables 0 added to 0.1.0's; spend 0 to both), then let the real server write rows
+//! with placements, creatives and spend (a spooled batch it replays, and `GET /ad` traffic) and
+//! check them in the table and in the report (every grouping and format after the 0.1.0 upgrade,
+//! once after the other, to keep the run short). The already-applied batch id, replayed from the
+//! spool after the upgrade, counts nothing (SQL sinks; ClickHouse 18.16 has no batch ids).
 
 use std::future::Future;
 use std::path::Path;
@@ -18,7 +20,7 @@ use crate::stats::{assert_every_report, expected, report, send_round};
 use crate::support::service_url;
 
 /// One stored row of the upgraded table: key (ts, country, os, browser, device, campaign,
-/// placement, creative) and counts (requests, impressions, viewables, clicks).
+/// placement, creative) and counts (requests, impressions, viewables, clicks, spend).
 type Stored = (
     u32,
     String,
@@ -28,8 +30,50 @@ type Stored = (
     u32,
     String,
     u32,
-    [u64; 4],
+    [u64; 5],
 );
+
+/// The schema a test database starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Release 0.1.0: no placement, creative, viewables, spend.
+    Release010,
+    /// Issue 10: no spend.
+    Issue10,
+}
+
+impl Source {
+    /// Its folder under tests/data.
+    fn folder(self) -> &'static str {
+        match self {
+            Source::Release010 => "schema-0.1.0",
+            Source::Issue10 => "schema-issue10",
+        }
+    }
+
+    /// The columns its rows are inserted with ([`old_values`]).
+    fn columns(self) -> &'static str {
+        match self {
+            Source::Release010 => {
+                "(ts, country, os, browser, device, campaign_id, requests, impressions, clicks)"
+            }
+            Source::Issue10 => {
+                "(ts, country, os, browser, device, campaign_id, placement, creative_id, requests, \
+                 impressions, viewables, clicks)"
+            }
+        }
+    }
+
+    /// The placement, creative and viewables an old row of campaign `campaign` with `impressions`
+    /// has (0.1.0 had none of them).
+    fn extra(self, campaign: u32, impressions: u64) -> (&'static str, u32, u64) {
+        match self {
+            Source::Release010 => ("", 0, 0),
+            Source::Issue10 if campaign == 0 => ("sidebar", 0, 0),
+            Source::Issue10 => ("sidebar", 800 + campaign, impressions / 2),
+        }
+    }
+}
 
 /// The start of the minute `minutes` before this process first asked, Unix seconds (fixed, so
 /// that rows written and rows expected agree when a minute passes during the test).
@@ -78,10 +122,11 @@ fn old_rows() -> Vec<OldRow> {
 }
 
 /// What the old rows must look like after the upgrade.
-fn old_rows_upgraded() -> Vec<Stored> {
+fn old_rows_upgraded(source: Source) -> Vec<Stored> {
     let mut rows: Vec<Stored> = old_rows()
         .into_iter()
         .map(|(ts, c, os, b, d, campaign, [req, imp, clk])| {
+            let (placement, creative, viewables) = source.extra(campaign, imp);
             (
                 ts,
                 c.into(),
@@ -89,9 +134,9 @@ fn old_rows_upgraded() -> Vec<Stored> {
                 b.into(),
                 d.into(),
                 campaign,
-                String::new(),
-                0,
-                [req, imp, 0, clk],
+                placement.into(),
+                creative,
+                [req, imp, viewables, clk, 0],
             )
         })
         .collect();
@@ -99,10 +144,10 @@ fn old_rows_upgraded() -> Vec<Stored> {
     rows
 }
 
-/// A batch in the new format with placements, creatives, viewables and clicks.
+/// A batch in the new format with placements, creatives, viewables, clicks and spend.
 fn new_rows() -> Vec<Stored> {
     let t = minute_ago(60);
-    let row = |placement: &str, creative: u32, campaign: u32, counts: [u64; 4]| -> Stored {
+    let row = |placement: &str, creative: u32, campaign: u32, counts: [u64; 5]| -> Stored {
         (
             t,
             "DE".into(),
@@ -116,10 +161,10 @@ fn new_rows() -> Vec<Stored> {
         )
     };
     let mut rows = vec![
-        row("top-banner", 701, 7, [20, 18, 9, 3]),
-        row("top-banner", 702, 7, [5, 5, 5, 0]),
-        row("sidebar", 801, 8, [10, 4, 0, 1]),
-        row("sidebar", 0, 0, [6, 0, 0, 0]),
+        row("top-banner", 701, 7, [20, 18, 9, 3, 45_000]),
+        row("top-banner", 702, 7, [5, 5, 5, 0, 12_345_678]),
+        row("sidebar", 801, 8, [10, 4, 0, 1, 1_500_001]),
+        row("sidebar", 0, 0, [6, 0, 0, 0, 0]),
     ];
     rows.sort();
     rows
@@ -134,7 +179,7 @@ fn spool_batch(dir: &Path, seq: u32, id: &str, rows: &[Stored]) {
                 serde_json::json!({"ts": ts, "country": country, "os": os, "browser": browser,
                 "device": device, "campaign_id": campaign, "placement": placement,
                 "creative_id": creative, "requests": c[0], "impressions": c[1],
-                "viewables": c[2], "clicks": c[3]})
+                "viewables": c[2], "clicks": c[3], "spend": c[4]})
             },
         )
         .collect();
@@ -150,9 +195,18 @@ fn spool_batch(dir: &Path, seq: u32, id: &str, rows: &[Stored]) {
     .unwrap();
 }
 
-/// The 0.1.0 DDL of `sink`, comment lines removed, placeholders replaced, one statement each.
-fn old_schema(sink: &str, replace: &[(&str, &str)]) -> Vec<String> {
-    schema(&format!("tests/data/schema-0.1.0/{sink}.sql"), replace)
+/// The old DDL of `sink`, comment lines removed, placeholders replaced (ClickHouse's dimension
+/// type `{dim}` with `String`, as on 18.16), one statement each.
+fn old_schema(source: Source, sink: &str, replace: &[(&str, &str)]) -> Vec<String> {
+    let replace: Vec<(&str, &str)> = replace
+        .iter()
+        .copied()
+        .chain([("{dim}", "String")])
+        .collect();
+    schema(
+        &format!("tests/data/{}/{sink}.sql", source.folder()),
+        &replace,
+    )
 }
 
 /// The DDL in the repository file `path`, comment lines removed, placeholders replaced.
@@ -161,28 +215,35 @@ fn schema(path: &str, replace: &[(&str, &str)]) -> Vec<String> {
     rotator::stats::sinks::statements(&text, replace)
 }
 
-/// Values as SQL literals for the old rows (`ts` through `to_ts`).
-fn old_values(to_ts: impl Fn(u32) -> String) -> String {
+/// Values as SQL literals for the old rows in the columns of `source` (`ts` through `to_ts`).
+fn old_values(source: Source, to_ts: impl Fn(u32) -> String) -> String {
     old_rows()
         .into_iter()
         .map(|(ts, c, os, b, d, campaign, [req, imp, clk])| {
-            format!(
-                "({}, '{c}', '{os}', '{b}', '{d}', {campaign}, {req}, {imp}, {clk})",
-                to_ts(ts)
-            )
+            let ts = to_ts(ts);
+            match source {
+                Source::Release010 => {
+                    format!("({ts}, '{c}', '{os}', '{b}', '{d}', {campaign}, {req}, {imp}, {clk})")
+                }
+                Source::Issue10 => {
+                    let (placement, creative, viewables) = source.extra(campaign, imp);
+                    format!(
+                        "({ts}, '{c}', '{os}', '{b}', '{d}', {campaign}, '{placement}', \
+                         {creative}, {req}, {imp}, {viewables}, {clk})"
+                    )
+                }
+            }
         })
         .collect::<Vec<_>>()
         .join(", ")
 }
-
-const OLD_COLUMNS: &str =
-    "(ts, country, os, browser, device, campaign_id, requests, impressions, clicks)";
 
 /// The whole flow for one sink. `read` returns every row of the statistics table, sorted;
 /// `exactly_once`: whether the sink keeps batch ids (an already-applied id was stored in the
 /// old database as `applied-<run>`).
 /// Returns the folder of the server (its `rotator.toml` names the database).
 fn upgrade_flow(
+    source: Source,
     tag: &str,
     stats_section: &str,
     exactly_once: bool,
@@ -206,13 +267,13 @@ fn upgrade_flow(
     migrate();
     assert_eq!(
         read(),
-        old_rows_upgraded(),
+        old_rows_upgraded(source),
         "{tag}: the rows after rotator migrate"
     );
     migrate();
     assert_eq!(
         read(),
-        old_rows_upgraded(),
+        old_rows_upgraded(source),
         "{tag}: a second migrate changes nothing"
     );
 
@@ -242,14 +303,14 @@ fn upgrade_flow(
     let spooled: Vec<Stored> = stored.iter().filter(|r| r.0 == new_ts).cloned().collect();
     assert_eq!(
         old,
-        old_rows_upgraded(),
+        old_rows_upgraded(source),
         "{tag}: old rows after the server ran\n{log}"
     );
     assert_eq!(spooled, new, "{tag}: the spooled rows, each once\n{log}");
 
     let mut want = expected(1);
     for (_, country, os, browser, device, campaign, placement, creative, counts) in
-        old_rows_upgraded().into_iter().chain(new)
+        old_rows_upgraded(source).into_iter().chain(new)
     {
         let key = [
             campaign.to_string(),
@@ -266,23 +327,35 @@ fn upgrade_flow(
         }
     }
     assert_eq!(report(&dir), want, "{tag}: report by every column\n{log}");
-    assert_every_report(&dir, &want);
+    if source == Source::Release010 {
+        assert_every_report(&dir, &want);
+    }
     dir
 }
 
 #[test]
 fn issue10_sqlite_of_release_0_1_0_is_upgraded_with_every_row() {
-    let tag = "upgrade-sqlite";
-    let dir = temp_dir(tag);
+    sqlite_upgrade(Source::Release010);
+}
+
+#[test]
+fn issue11_sqlite_without_spend_is_upgraded_with_every_row() {
+    sqlite_upgrade(Source::Issue10);
+}
+
+fn sqlite_upgrade(source: Source) {
+    let tag = format!("upgrade-sqlite-{source:?}");
+    let dir = temp_dir(&tag);
     let db = dir.join("stats.db");
     {
         let c = rusqlite::Connection::open(&db).unwrap();
-        c.execute_batch(&old_schema("sqlite", &[]).join(";\n"))
+        c.execute_batch(&old_schema(source, "sqlite", &[]).join(";\n"))
             .unwrap();
         c.execute_batch(&format!(
-            "INSERT INTO stats {OLD_COLUMNS} VALUES {};\
+            "INSERT INTO stats {} VALUES {};\
              INSERT INTO rotator_batches (batch_id, rows) VALUES ('applied-{tag}', 4)",
-            old_values(|ts| ts.to_string())
+            source.columns(),
+            old_values(source, |ts| ts.to_string())
         ))
         .unwrap();
     }
@@ -291,7 +364,7 @@ fn issue10_sqlite_of_release_0_1_0_is_upgraded_with_every_row() {
         let mut st = c
             .prepare(
                 "SELECT ts, country, os, browser, device, campaign_id, placement, creative_id, \
-                 requests, impressions, viewables, clicks FROM stats",
+                 requests, impressions, viewables, clicks, spend FROM stats",
             )
             .unwrap();
         let mut rows: Vec<Stored> = st
@@ -305,7 +378,7 @@ fn issue10_sqlite_of_release_0_1_0_is_upgraded_with_every_row() {
                     r.get(5)?,
                     r.get(6)?,
                     r.get(7)?,
-                    [r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?],
+                    [r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?],
                 ))
             })
             .unwrap()
@@ -315,7 +388,8 @@ fn issue10_sqlite_of_release_0_1_0_is_upgraded_with_every_row() {
         rows
     };
     let dir = upgrade_flow(
-        tag,
+        source,
+        &tag,
         &format!(
             "sink = \"sqlite\"\n[stats.sqlite]\npath = {:?}\n",
             db.display().to_string()
@@ -337,6 +411,15 @@ fn block_on<T>(f: impl Future<Output = T>) -> T {
 
 #[test]
 fn issue10_mariadb_of_release_0_1_0_is_upgraded_with_every_row() {
+    mariadb_upgrade(Source::Release010);
+}
+
+#[test]
+fn issue11_mariadb_without_spend_is_upgraded_with_every_row() {
+    mariadb_upgrade(Source::Issue10);
+}
+
+fn mariadb_upgrade(source: Source) {
     let Some(url) = service_url("ROTATOR_TEST_MYSQL_URL") else {
         return;
     };
@@ -350,12 +433,13 @@ fn issue10_mariadb_of_release_0_1_0_is_upgraded_with_every_row() {
     };
     block_on(async {
         let mut c = conn().await;
-        for sql in old_schema("mysql", &[("{table}", &format!("`{table}`"))]) {
+        for sql in old_schema(source, "mysql", &[("{table}", &format!("`{table}`"))]) {
             c.query_drop(sql).await.unwrap();
         }
         c.query_drop(format!(
-            "INSERT INTO `{table}` {OLD_COLUMNS} VALUES {}",
-            old_values(|ts| format!("FROM_UNIXTIME({ts})"))
+            "INSERT INTO `{table}` {} VALUES {}",
+            source.columns(),
+            old_values(source, |ts| format!("FROM_UNIXTIME({ts})"))
         ))
         .await
         .unwrap();
@@ -371,7 +455,7 @@ fn issue10_mariadb_of_release_0_1_0_is_upgraded_with_every_row() {
             let rows: Vec<mysql_async::Row> = c
                 .query(format!(
                     "SELECT UNIX_TIMESTAMP(ts), country, os, browser, device, campaign_id, placement, \
-                     creative_id, requests, impressions, viewables, clicks FROM `{table}`"
+                     creative_id, requests, impressions, viewables, clicks, spend FROM `{table}`"
                 ))
                 .await
                 .unwrap();
@@ -389,7 +473,7 @@ fn issue10_mariadb_of_release_0_1_0_is_upgraded_with_every_row() {
                         n(5) as u32,
                         s(6),
                         n(7) as u32,
-                        [n(8), n(9), n(10), n(11)],
+                        [n(8), n(9), n(10), n(11), n(12)],
                     )
                 })
                 .collect();
@@ -399,7 +483,7 @@ fn issue10_mariadb_of_release_0_1_0_is_upgraded_with_every_row() {
     };
     let section = format!("sink = \"mysql\"\n[stats.mysql]\nurl = {url:?}\ntable = {table:?}\n");
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        std::fs::remove_dir_all(upgrade_flow(&tag, &section, true, &read)).unwrap();
+        std::fs::remove_dir_all(upgrade_flow(source, &tag, &section, true, &read)).unwrap();
     }));
     block_on(async {
         let mut c = conn().await;
@@ -430,10 +514,23 @@ struct ClickhouseRow {
     impressions: u64,
     viewables: u64,
     clicks: u64,
+    spend: u64,
 }
 
 #[test]
 fn issue10_clickhouse_of_release_0_1_0_is_upgraded_with_every_row() {
+    clickhouse_upgrade(Source::Release010);
+}
+
+/// Starts where the previous release's upgrade from 0.1.0 stopped between its two renames: no
+/// `stats`, the complete copy of issue 10's schema as `stats_upgrade`, the old table as
+/// `stats_0_1_0`. `migrate` finishes that swap, then upgrades the issue-10 table to spend.
+#[test]
+fn issue11_clickhouse_without_spend_is_upgraded_with_every_row() {
+    clickhouse_upgrade(Source::Issue10);
+}
+
+fn clickhouse_upgrade(source: Source) {
     let Some(url) = service_url("ROTATOR_TEST_CLICKHOUSE_URL") else {
         return;
     };
@@ -442,18 +539,43 @@ fn issue10_clickhouse_of_release_0_1_0_is_upgraded_with_every_row() {
     let client = clickhouse::Client::default()
         .with_url(url.as_str())
         .with_validation(false);
+    let release010 = Source::Release010;
     block_on(async {
-        for sql in old_schema("clickhouse", &[("{db}", &db), ("{table}", "stats")]) {
+        let old = match source {
+            Source::Release010 => "stats",
+            Source::Issue10 => "stats_upgrade",
+        };
+        for sql in old_schema(source, "clickhouse", &[("{db}", &db), ("{table}", old)]) {
             client.query(&sql).execute().await.unwrap();
         }
         client
             .query(&format!(
-                "INSERT INTO {db}.stats {OLD_COLUMNS} VALUES {}",
-                old_values(|ts| format!("toDateTime({ts})"))
+                "INSERT INTO {db}.{old} {} VALUES {}",
+                source.columns(),
+                old_values(source, |ts| format!("toDateTime({ts})"))
             ))
             .execute()
             .await
             .unwrap();
+        if source == Source::Issue10 {
+            let backup = "stats_0_1_0";
+            let create = old_schema(
+                release010,
+                "clickhouse",
+                &[("{db}", &db), ("{table}", backup)],
+            );
+            client.query(&create[1]).execute().await.unwrap();
+            client
+                .query(&format!(
+                    "INSERT INTO {db}.{backup} {} VALUES {}",
+                    release010.columns(),
+                    old_values(release010, |ts| format!("toDateTime({ts})"))
+                ))
+                .execute()
+                .await
+                .unwrap();
+            return;
+        }
         // Left by an upgrade that stopped during the copy: dropped and redone.
         let staged = schema(
             "schema/clickhouse.sql",
@@ -489,7 +611,7 @@ fn issue10_clickhouse_of_release_0_1_0_is_upgraded_with_every_row() {
             let rows: Vec<ClickhouseRow> = client
                 .query(&format!(
                     "SELECT toUInt32(ts), country, os, browser, device, campaign_id, placement, creative_id, \
-                     sum(requests), sum(impressions), sum(viewables), sum(clicks) FROM {db}.stats \
+                     sum(requests), sum(impressions), sum(viewables), sum(clicks), sum(spend) FROM {db}.stats \
                      GROUP BY ts, country, os, browser, device, campaign_id, placement, creative_id"
                 ))
                 .fetch_all()
@@ -507,7 +629,7 @@ fn issue10_clickhouse_of_release_0_1_0_is_upgraded_with_every_row() {
                         r.campaign_id,
                         r.placement,
                         r.creative_id,
-                        [r.requests, r.impressions, r.viewables, r.clicks],
+                        [r.requests, r.impressions, r.viewables, r.clicks, r.spend],
                     )
                 })
                 .collect();
@@ -518,9 +640,19 @@ fn issue10_clickhouse_of_release_0_1_0_is_upgraded_with_every_row() {
     let section =
         format!("sink = \"clickhouse\"\n[stats.clickhouse]\nurl = {url:?}\ndatabase = {db:?}\n");
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let dir = upgrade_flow("upgrade-clickhouse", &section, false, &read);
-        // Nothing left of the swap: only the upgraded table.
+        let dir = upgrade_flow(
+            source,
+            &format!("upgrade-clickhouse-{source:?}"),
+            &section,
+            false,
+            &read,
+        );
+        // Nothing left of the swaps: only the upgraded table.
         assert_eq!(tables(), ["stats"]);
+        if source == Source::Issue10 {
+            std::fs::remove_dir_all(dir).unwrap();
+            return;
+        }
 
         // Stopped between the two renames: no `stats`, the old table already renamed, the
         // complete copy under its staging name. The next migrate finishes the swap.
@@ -528,10 +660,16 @@ fn issue10_clickhouse_of_release_0_1_0_is_upgraded_with_every_row() {
         block_on(async {
             for sql in [
                 format!("RENAME TABLE {db}.stats TO {db}.stats_upgrade"),
-                old_schema("clickhouse", &[("{db}", &db), ("{table}", "stats_0_1_0")])[1].clone(),
+                old_schema(
+                    release010,
+                    "clickhouse",
+                    &[("{db}", &db), ("{table}", "stats_0_1_0")],
+                )[1]
+                .clone(),
                 format!(
-                    "INSERT INTO {db}.stats_0_1_0 {OLD_COLUMNS} SELECT ts, country, os, browser, device, \
-                     campaign_id, requests, impressions, clicks FROM {db}.stats_upgrade"
+                    "INSERT INTO {db}.stats_0_1_0 {} SELECT ts, country, os, browser, device, \
+                     campaign_id, requests, impressions, clicks FROM {db}.stats_upgrade",
+                    release010.columns()
                 ),
             ] {
                 client.query(&sql).execute().await.unwrap();

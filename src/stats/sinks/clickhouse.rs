@@ -22,7 +22,7 @@
 //!   before any part is written), except for a batch spanning two months: its monthly partitions
 //!   are written one after the other, and a failure between them leaves the first one counted.
 //!
-//! Upgrade from release 0.1.0: `upgrade.rs` (a copy and a `RENAME` swap). Dimension columns are
+//! Upgrade from release 0.1.0 and from issue 10's schema: `upgrade.rs` (a copy and a `RENAME` swap). Dimension columns are
 //! `LowCardinality(String)` on servers from 20.1 on (only 18.16 was tested here), `String` before.
 //!
 //! The table is a `SummingMergeTree`: rows with the same key are summed when parts merge, which
@@ -126,6 +126,7 @@ struct InsertRow<'a> {
     impressions: u64,
     viewables: u64,
     clicks: u64,
+    spend: u64,
 }
 
 /// One report line as read in `RowBinary`: `g` is `Array(String)` (the group values, however many
@@ -137,6 +138,14 @@ struct ReportLine {
     imp: u64,
     vie: u64,
     clk: u64,
+    spe: u64,
+}
+
+/// Requests of one UTC minute of the day, for [`ClickhouseSink::traffic_curve`].
+#[derive(Row, Deserialize)]
+struct MinuteLine {
+    m: u16,
+    req: u64,
 }
 
 /// Quotes an identifier with backticks (ClickHouse escapes with backslashes).
@@ -427,6 +436,7 @@ impl ClickhouseSink {
                         impressions: r.impressions,
                         viewables: r.viewables,
                         clicks: r.clicks,
+                        spend: r.spend,
                     })
                     .await?;
             }
@@ -456,8 +466,8 @@ impl ClickhouseSink {
             format!("[{}]", query.by.join(", "))
         };
         let sql = format!(
-            "SELECT {group} AS g, req, imp, vie, clk FROM (SELECT {select}sum(requests) AS req, \
-             sum(impressions) AS imp, sum(viewables) AS vie, sum(clicks) AS clk \
+            "SELECT {group} AS g, req, imp, vie, clk, spe FROM (SELECT {select}sum(requests) AS req, \
+             sum(impressions) AS imp, sum(viewables) AS vie, sum(clicks) AS clk, sum(spend) AS spe \
              FROM {table} WHERE ts >= toDateTime({from}) AND ts < toDateTime({to}){group_by})",
             table = self.qualified,
             from = query.from,
@@ -474,8 +484,38 @@ impl ClickhouseSink {
                 impressions: l.imp,
                 viewables: l.vie,
                 clicks: l.clk,
+                spend: l.spe,
             })
             .collect())
+    }
+
+    /// Requests per UTC minute of the day over `[since_minute, until_minute)` (minutes since the
+    /// epoch); see [`Sink::traffic_curve`](super::Sink::traffic_curve). Computed from the Unix
+    /// seconds, so the server's time zone does not matter.
+    pub async fn traffic_curve(
+        &self,
+        since_minute: u32,
+        until_minute: u32,
+    ) -> Result<Vec<u64>, SinkError> {
+        // A DateTime is a UInt32 of seconds: clamp to its range.
+        let seconds = |minute: u32| (u64::from(minute) * 60).min(u64::from(u32::MAX));
+        let sql = format!(
+            "SELECT toUInt16(intDiv(toUInt32(ts), 60) % 1440) AS m, sum(requests) AS req \
+             FROM {table} WHERE ts >= toDateTime({from}) AND ts < toDateTime({to}) GROUP BY m",
+            table = self.qualified,
+            from = seconds(since_minute),
+            to = seconds(until_minute),
+        );
+        let lines: Vec<MinuteLine> = self
+            .run(
+                "traffic curve",
+                classify,
+                self.client.query_raw(&sql).fetch_all(),
+            )
+            .await?;
+        Ok(super::per_minute_of_day(
+            lines.into_iter().map(|l| (u64::from(l.m), l.req)),
+        ))
     }
 }
 

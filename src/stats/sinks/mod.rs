@@ -1,8 +1,9 @@
 //! Statistics sinks: where batches are written, behind one dispatching enum.
 //!
-//! Every sink offers the same four operations: `migrate` (create its objects, idempotently),
-//! `write` (apply one batch at most once; see each sink for its guarantee), `report` (read
-//! aggregated rows back for `rotator report`) and `ping`. Errors say whether a retry can help
+//! Every sink offers the same operations: `migrate` (create its objects, idempotently; upgrade
+//! those of earlier releases in place), `write` (apply one batch at most once; see each sink for
+//! its guarantee), `report` (read aggregated rows back for `rotator report`), `traffic_curve`
+//! (requests per minute of the day, for pacing) and `ping`. Errors say whether a retry can help
 //! ([`SinkError::retryable`]): a refused connection can, a rejected row cannot.
 
 pub mod clickhouse;
@@ -41,6 +42,20 @@ pub fn statements(schema: &str, replace: &[(&str, &str)]) -> Vec<String> {
                 .fold(s.to_string(), |s, (from, to)| s.replace(from, to))
         })
         .collect()
+}
+
+/// Minutes in a day: the length of a [`Sink::traffic_curve`].
+pub const MINUTES_PER_DAY: usize = 1440;
+
+/// Folds `(minute of the day, requests)` pairs into [`MINUTES_PER_DAY`] sums; a minute outside
+/// the day (which the queries never return) is folded back into it.
+pub fn per_minute_of_day(sums: impl IntoIterator<Item = (u64, u64)>) -> Vec<u64> {
+    let mut curve = vec![0u64; MINUTES_PER_DAY];
+    for (minute, requests) in sums {
+        let slot = &mut curve[(minute % MINUTES_PER_DAY as u64) as usize];
+        *slot = slot.saturating_add(requests);
+    }
+    curve
 }
 
 /// Whether it is time to prune again: true at most once per [`BATCH_ID_PRUNE_EVERY`].
@@ -174,5 +189,35 @@ impl Sink {
                 "sink = \"none\" stores nothing to report",
             )),
         }
+    }
+
+    /// The day's traffic shape for pacing: [`MINUTES_PER_DAY`] values, value `m` = requests
+    /// summed over every row (all campaigns, placements, countries...) whose minute falls on UTC
+    /// minute-of-day `m`, for rows with `since_minute <= ts / 60 < until_minute` (minutes since
+    /// the Unix epoch). `sink = "none"` has no history: all zeros.
+    pub async fn traffic_curve(
+        &self,
+        since_minute: u32,
+        until_minute: u32,
+    ) -> Result<Vec<u64>, SinkError> {
+        match self {
+            Sink::Sqlite(s) => s.traffic_curve(since_minute, until_minute).await,
+            Sink::Clickhouse(s) => s.traffic_curve(since_minute, until_minute).await,
+            Sink::Mysql(s) => s.traffic_curve(since_minute, until_minute).await,
+            Sink::None => Ok(vec![0; MINUTES_PER_DAY]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minutes_fold_into_one_day() {
+        let curve = per_minute_of_day([(0, 3), (1439, 2), (1440, 4), (5, u64::MAX), (5, 1)]);
+        assert_eq!(curve.len(), MINUTES_PER_DAY);
+        assert_eq!((curve[0], curve[1439], curve[5]), (7, 2, u64::MAX));
+        assert_eq!(curve.iter().filter(|&&n| n != 0).count(), 3);
     }
 }

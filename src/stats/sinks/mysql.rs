@@ -17,7 +17,8 @@
 //! Upgrade: a table of release 0.1.0 (no `placement` column in `information_schema.COLUMNS`) gets
 //! the new columns and primary key from `migrate` in **one** `ALTER TABLE` (`UPGRADE_0_1_0`), which
 //! InnoDB applies whole or not at all; old rows get placement `''`, creative 0, viewables 0.
-//! `rotator_batches` is not touched, so batch ids stay exactly-once across the upgrade.
+//! A table without `spend` (release 0.1.0 and issue 10) then gets it from `UPGRADE_SPEND`, one
+//! more `ALTER TABLE` (old rows read 0). `rotator_batches` is not touched, so batch ids stay exactly-once across the upgrade.
 
 use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{Opts, OptsBuilder, Params, Pool, TxOpts, Value};
@@ -40,10 +41,14 @@ const UPGRADE_0_1_0: &str = "ALTER TABLE {table} \
     DROP PRIMARY KEY, \
     ADD PRIMARY KEY (ts, country, os, browser, device, campaign_id, placement, creative_id)";
 
+/// Adds the spend column (issue 11) to a table of release 0.1.0 or issue 10.
+const UPGRADE_SPEND: &str = "ALTER TABLE {table} \
+    ADD COLUMN spend BIGINT UNSIGNED NOT NULL DEFAULT 0 AFTER clicks";
+
 /// Duplicate column name: another process upgraded the table at the same time.
 const ER_DUP_FIELDNAME: u16 = 1060;
 
-/// Rows per `INSERT` statement (12 placeholders each, far below the 65,535 limit).
+/// Rows per `INSERT` statement (13 placeholders each, far below the 65,535 limit).
 const CHUNK_ROWS: usize = 500;
 
 /// Run on every new connection and after every reset, so `FROM_UNIXTIME` works in UTC.
@@ -190,13 +195,13 @@ fn column<T: FromValue>(row: &mysql_async::Row, i: usize) -> Result<T, SinkError
 
 /// `INSERT ... ON DUPLICATE KEY UPDATE` for `rows` rows.
 fn upsert_sql(table: &str, rows: usize) -> String {
-    let values = vec!["(FROM_UNIXTIME(?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
+    let values = vec!["(FROM_UNIXTIME(?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
     format!(
         "INSERT INTO {table} (ts, country, os, browser, device, campaign_id, placement, creative_id, \
-         requests, impressions, viewables, clicks) \
+         requests, impressions, viewables, clicks, spend) \
          VALUES {values} ON DUPLICATE KEY UPDATE requests = requests + VALUES(requests), \
          impressions = impressions + VALUES(impressions), viewables = viewables + VALUES(viewables), \
-         clicks = clicks + VALUES(clicks)"
+         clicks = clicks + VALUES(clicks), spend = spend + VALUES(spend)"
     )
 }
 
@@ -231,14 +236,20 @@ impl MysqlSink {
             )
             .await
             .map_err(|e| classify_ddl(&e))?;
-        if !columns.is_empty() && !columns.iter().any(|c| c == "placement") {
-            match conn
-                .query_drop(UPGRADE_0_1_0.replace("{table}", &self.table))
-                .await
-            {
+        let lacks = |column: &str| !columns.is_empty() && !columns.iter().any(|c| c == column);
+        let upgrades = [
+            (
+                lacks("placement"),
+                UPGRADE_0_1_0,
+                "placements and creatives",
+            ),
+            (lacks("spend"), UPGRADE_SPEND, "spend"),
+        ];
+        for (_, sql, what) in upgrades.into_iter().filter(|u| u.0) {
+            match conn.query_drop(sql.replace("{table}", &self.table)).await {
                 Ok(()) => tracing::info!(
                     table = %self.table,
-                    "mysql: statistics table upgraded to placements and creatives"
+                    "mysql: statistics table upgraded to {what}"
                 ),
                 Err(mysql_async::Error::Server(e)) if e.code == ER_DUP_FIELDNAME => {}
                 Err(e) => {
@@ -289,7 +300,7 @@ impl MysqlSink {
             Err(e) => return Err(err(e)),
         }
         for chunk in batch.rows.chunks(CHUNK_ROWS) {
-            let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 12);
+            let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 13);
             for r in chunk {
                 params.extend([
                     Value::from(r.ts),
@@ -304,6 +315,7 @@ impl MysqlSink {
                     Value::from(r.impressions),
                     Value::from(r.viewables),
                     Value::from(r.clicks),
+                    Value::from(r.spend),
                 ]);
             }
             // On error the dropped transaction is rolled back before the connection is reused.
@@ -336,7 +348,8 @@ impl MysqlSink {
         let (select, group_by) = query.group_sql(|c| format!("CAST({c} AS CHAR)"));
         let sql = format!(
             "SELECT {select}CAST(SUM(requests) AS UNSIGNED), CAST(SUM(impressions) AS UNSIGNED), \
-             CAST(SUM(viewables) AS UNSIGNED), CAST(SUM(clicks) AS UNSIGNED) FROM {table} \
+             CAST(SUM(viewables) AS UNSIGNED), CAST(SUM(clicks) AS UNSIGNED), \
+             CAST(SUM(spend) AS UNSIGNED) FROM {table} \
              WHERE ts >= FROM_UNIXTIME(?) AND ts < FROM_UNIXTIME(?){group_by}",
             table = self.table
         );
@@ -356,15 +369,44 @@ impl MysqlSink {
                 let impressions: Option<u64> = column(row, n + 1)?;
                 let viewables: Option<u64> = column(row, n + 2)?;
                 let clicks: Option<u64> = column(row, n + 3)?;
+                let spend: Option<u64> = column(row, n + 4)?;
                 Ok(ReportRow {
                     group,
                     requests: requests.unwrap_or(0),
                     impressions: impressions.unwrap_or(0),
                     viewables: viewables.unwrap_or(0),
                     clicks: clicks.unwrap_or(0),
+                    spend: spend.unwrap_or(0),
                 })
             })
             .collect()
+    }
+
+    /// Requests per UTC minute of the day over `[since_minute, until_minute)` (minutes since the
+    /// epoch); see [`Sink::traffic_curve`](super::Sink::traffic_curve). `ts` holds UTC (module
+    /// doc), so its hour and minute are UTC's.
+    pub async fn traffic_curve(
+        &self,
+        since_minute: u32,
+        until_minute: u32,
+    ) -> Result<Vec<u64>, SinkError> {
+        // FROM_UNIXTIME is NULL past 2038 on some servers: clamp to the range `ts` can hold.
+        let seconds = |minute: u32| (u64::from(minute) * 60).min(u64::from(i32::MAX as u32));
+        let sql = format!(
+            "SELECT HOUR(ts) * 60 + MINUTE(ts) AS m, CAST(SUM(requests) AS UNSIGNED) FROM {} \
+             WHERE ts >= FROM_UNIXTIME(?) AND ts < FROM_UNIXTIME(?) GROUP BY m",
+            self.table
+        );
+        let mut conn = self.pool.get_conn().await.map_err(|e| classify(&e))?;
+        let rows: Vec<mysql_async::Row> = conn
+            .exec(sql, (seconds(since_minute), seconds(until_minute)))
+            .await
+            .map_err(|e| classify(&e))?;
+        let sums = rows
+            .iter()
+            .map(|row| Ok((column::<u64>(row, 0)?, column::<u64>(row, 1)?)))
+            .collect::<Result<Vec<_>, SinkError>>()?;
+        Ok(super::per_minute_of_day(sums))
     }
 }
 
@@ -433,7 +475,7 @@ mod tests {
     #[test]
     fn upsert_has_one_group_per_row() {
         let sql = upsert_sql("`t`", 3);
-        assert_eq!(sql.matches('?').count(), 36);
+        assert_eq!(sql.matches('?').count(), 39);
         assert!(sql.starts_with("INSERT INTO `t` (ts, "), "{sql}");
     }
 

@@ -14,8 +14,10 @@
 //!
 //! Upgrade: a `stats` table of release 0.1.0 (no `placement`, `creative_id`, `viewables`; found
 //! with `PRAGMA table_info`) is rebuilt by `migrate` in one transaction: renamed, the new table
-//! created from the schema, every row copied, the old one dropped. A crash rolls the whole
-//! upgrade back; `rotator_batches` is not touched, so batch ids stay exactly-once across it.
+//! created from the schema, every row copied, the old one dropped. A table of issue 10 (no
+//! `spend`) gets the column with `ALTER TABLE ... ADD COLUMN` (old rows read 0). A crash rolls
+//! the whole upgrade back; `rotator_batches` is not touched, so batch ids stay exactly-once
+//! across it.
 //!
 //! SQLite calls block, so they run on tokio's blocking pool; the connection sits behind a std
 //! `Mutex` held only inside those blocking calls.
@@ -63,8 +65,9 @@ fn err(e: rusqlite::Error) -> SinkError {
     }
 }
 
-/// Creates the schema, rebuilding a 0.1.0 `stats` table first, all in one transaction (taken
-/// for writing at once, so two processes migrating at the same time take turns).
+/// Creates the schema, rebuilding a 0.1.0 `stats` table first or adding `spend` to one of issue
+/// 10, all in one transaction (taken for writing at once, so two processes migrating at the same
+/// time take turns).
 fn upgrade(c: &mut Connection) -> rusqlite::Result<()> {
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let columns: Vec<String> = tx
@@ -72,6 +75,10 @@ fn upgrade(c: &mut Connection) -> rusqlite::Result<()> {
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     let old = !columns.is_empty() && !columns.iter().any(|c| c == "placement");
+    if !columns.is_empty() && !old && !columns.iter().any(|c| c == "spend") {
+        tx.execute_batch("ALTER TABLE stats ADD COLUMN spend INTEGER NOT NULL DEFAULT 0")?;
+        tracing::info!("sqlite: statistics table upgraded: spend column added");
+    }
     if old {
         tx.execute_batch("ALTER TABLE stats RENAME TO stats_0_1_0")?;
     }
@@ -160,24 +167,26 @@ impl SqliteSink {
                 let mut upsert = tx
                     .prepare_cached(
                         "INSERT INTO stats (ts, country, os, browser, device, campaign_id, placement, creative_id, \
-                         requests, impressions, viewables, clicks) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                         requests, impressions, viewables, clicks, spend) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
                          ON CONFLICT (ts, country, os, browser, device, campaign_id, placement, creative_id) DO UPDATE SET \
                          requests = requests + excluded.requests, impressions = impressions + excluded.impressions, \
-                         viewables = viewables + excluded.viewables, clicks = clicks + excluded.clicks \
+                         viewables = viewables + excluded.viewables, clicks = clicks + excluded.clicks, \
+                         spend = spend + excluded.spend \
                          RETURNING typeof(requests) = 'integer' AND typeof(impressions) = 'integer' \
-                         AND typeof(viewables) = 'integer' AND typeof(clicks) = 'integer'",
+                         AND typeof(viewables) = 'integer' AND typeof(clicks) = 'integer' \
+                         AND typeof(spend) = 'integer'",
                     )
                     .map_err(err)?;
                 for r in &batch.rows {
                     let integers: bool = upsert
-                        .query_row(params![r.ts, r.country, r.os, r.browser, r.device, r.campaign_id, r.placement, r.creative_id, r.requests, r.impressions, r.viewables, r.clicks], |row| row.get(0))
+                        .query_row(params![r.ts, r.country, r.os, r.browser, r.device, r.campaign_id, r.placement, r.creative_id, r.requests, r.impressions, r.viewables, r.clicks, r.spend], |row| row.get(0))
                         .map_err(err)?;
                     if !integers {
                         // Dropping the transaction rolls the whole batch back.
                         return Err(SinkError::permanent(NAME, format!(
-                            "batch {}: adding requests {}, impressions {}, viewables {}, clicks {} to ({}, {:?}, {:?}, {:?}, {:?}, {}, {:?}, {}) leaves the 64-bit integer range",
-                            batch.id, r.requests, r.impressions, r.viewables, r.clicks, r.ts, r.country, r.os, r.browser, r.device, r.campaign_id, r.placement, r.creative_id
+                            "batch {}: adding requests {}, impressions {}, viewables {}, clicks {}, spend {} to ({}, {:?}, {:?}, {:?}, {:?}, {}, {:?}, {}) leaves the 64-bit integer range",
+                            batch.id, r.requests, r.impressions, r.viewables, r.clicks, r.spend, r.ts, r.country, r.os, r.browser, r.device, r.campaign_id, r.placement, r.creative_id
                         )));
                     }
                 }
@@ -203,7 +212,7 @@ impl SqliteSink {
         let (select, group_by) = query.group_sql(|c| format!("CAST({c} AS TEXT)"));
         let sql = format!(
             "SELECT {select}COALESCE(SUM(requests), 0), COALESCE(SUM(impressions), 0), \
-             COALESCE(SUM(viewables), 0), COALESCE(SUM(clicks), 0) FROM stats \
+             COALESCE(SUM(viewables), 0), COALESCE(SUM(clicks), 0), COALESCE(SUM(spend), 0) FROM stats \
              WHERE ts >= ?1 AND ts < ?2{group_by}"
         );
         let (from, to, n) = (query.from, query.to, query.by.len());
@@ -222,10 +231,40 @@ impl SqliteSink {
                         impressions: row.get::<_, i64>(n + 1)? as u64,
                         viewables: row.get::<_, i64>(n + 2)? as u64,
                         clicks: row.get::<_, i64>(n + 3)? as u64,
+                        spend: row.get::<_, i64>(n + 4)? as u64,
                     })
                 })
                 .map_err(err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(err)
+        })
+        .await
+    }
+
+    /// Requests per UTC minute of the day over `[since_minute, until_minute)` (minutes since the
+    /// epoch); see [`Sink::traffic_curve`](super::Sink::traffic_curve).
+    pub async fn traffic_curve(
+        &self,
+        since_minute: u32,
+        until_minute: u32,
+    ) -> Result<Vec<u64>, SinkError> {
+        let (from, to) = (i64::from(since_minute) * 60, i64::from(until_minute) * 60);
+        self.blocking(move |c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT (ts / 60) % 1440, SUM(requests) FROM stats \
+                     WHERE ts >= ?1 AND ts < ?2 GROUP BY 1",
+                )
+                .map_err(|e| SinkError::permanent(NAME, e.to_string()))?;
+            let sums = stmt
+                .query_map(params![from, to], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+                })
+                .map_err(err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err)?;
+            Ok(super::per_minute_of_day(
+                sums.into_iter().map(|(m, n)| (m as u64, n as u64)),
+            ))
         })
         .await
     }
@@ -250,6 +289,12 @@ mod tests {
             impressions: if campaign_id == 0 { 0 } else { requests },
             viewables: 0,
             clicks: 0,
+            // Far below the i64 limit that the range tests probe with `requests`.
+            spend: if campaign_id == 0 {
+                0
+            } else {
+                requests % 1_000_000 * 2_500
+            },
         }
     }
 
@@ -289,6 +334,7 @@ mod tests {
                     impressions: 0,
                     viewables: 0,
                     clicks: 0,
+                    spend: 0,
                 },
                 ReportRow {
                     group: vec!["1".into()],
@@ -296,6 +342,7 @@ mod tests {
                     impressions: 8,
                     viewables: 0,
                     clicks: 0,
+                    spend: 20_000,
                 },
             ]
         );
@@ -305,6 +352,85 @@ mod tests {
             by: vec![],
         };
         assert_eq!(sink.report(&q).await.unwrap()[0].requests, 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Issue 11: requests summed per UTC minute of the day, all campaigns, within the half-open
+    /// range of minutes since the epoch.
+    #[tokio::test]
+    async fn issue11_traffic_curve() {
+        let (dir, sink) = temp_sink("curve");
+        sink.migrate().await.unwrap();
+        let day = 20_000 * 86_400;
+        sink.write(&Batch {
+            id: "days".into(),
+            rows: vec![
+                row(day - 60, 1, 100),
+                row(day, 1, 3),
+                row(day, 0, 2),
+                row(day + 61 * 60, 2, 5),
+                row(day + 86_400, 1, 7),
+                row(day + 86_400 + 1439 * 60, 1, 11),
+                row(day + 2 * 86_400, 1, 1000),
+            ],
+        })
+        .await
+        .unwrap();
+        let first = day / 60;
+        let curve = sink.traffic_curve(first, first + 2 * 1440).await.unwrap();
+        assert_eq!(curve.len(), 1440);
+        assert_eq!((curve[0], curve[61], curve[1439]), (12, 5, 11));
+        assert_eq!(curve.iter().sum::<u64>(), 28);
+        assert_eq!(
+            sink.traffic_curve(first + 1, first + 61).await.unwrap(),
+            vec![0; 1440]
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Issue 11: a table of issue 10 (no spend) gets the column, every row kept, and sums spend
+    /// afterwards.
+    #[tokio::test]
+    async fn issue11_table_without_spend_is_upgraded() {
+        let (dir, sink) = temp_sink("spend");
+        let issue10 = SCHEMA.replace(
+            "    spend       INTEGER NOT NULL DEFAULT 0, -- micro-units of the currency (1.0 = 1000000)\n",
+            "",
+        );
+        assert_ne!(issue10, SCHEMA);
+        sink.blocking(move |c| {
+            c.execute_batch(&issue10).map_err(err)?;
+            c.execute_batch("INSERT INTO stats (ts, country, os, browser, device, campaign_id, placement, creative_id, requests, impressions, viewables, clicks) VALUES (60, 'DE', 'Windows', 'Chrome', 'desktop', 1, 'top', 7, 5, 4, 3, 2)")
+                .map_err(err)
+        })
+        .await
+        .unwrap();
+        sink.migrate().await.unwrap();
+        sink.migrate().await.unwrap();
+        let mut r = row(60, 1, 1);
+        (r.placement, r.creative_id) = ("top".into(), 7);
+        sink.write(&Batch {
+            id: "after".into(),
+            rows: vec![r],
+        })
+        .await
+        .unwrap();
+        let q = ReportQuery {
+            from: 0,
+            to: 120,
+            by: vec!["placement"],
+        };
+        assert_eq!(
+            sink.report(&q).await.unwrap(),
+            [ReportRow {
+                group: vec!["top".into()],
+                requests: 6,
+                impressions: 5,
+                viewables: 3,
+                clicks: 2,
+                spend: 2_500,
+            }]
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -387,14 +513,44 @@ mod tests {
         assert!(!err.retryable, "{err}");
         assert!(err.message.contains("64-bit"), "{err}");
 
-        // Both refused batches were rolled back whole; later batches go through.
+        // Issue 11: spend is summed under the same check.
+        let mut spent = row(300, 5, 0);
+        spent.spend = i64::MAX as u64;
+        sink.write(&Batch {
+            id: "spend-max".into(),
+            rows: vec![spent.clone()],
+        })
+        .await
+        .unwrap();
+        spent.spend = 1;
+        let err = sink
+            .write(&Batch {
+                id: "spend".into(),
+                rows: vec![spent.clone()],
+            })
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("spend 1"), "{err}");
+        spent.spend = 9_223_372_036_854_775_808;
+        assert!(
+            !sink
+                .write(&Batch {
+                    id: "spend-big".into(),
+                    rows: vec![spent],
+                })
+                .await
+                .unwrap_err()
+                .retryable
+        );
+
+        // The refused batches were rolled back whole; later batches go through.
         sink.write(&Batch {
             id: "after".into(),
             rows: vec![row(60, 2, 1)],
         })
         .await
         .unwrap();
-        assert_eq!(batch_ids(&sink).await, ["after", "max"]);
+        assert_eq!(batch_ids(&sink).await, ["after", "max", "spend-max"]);
         let q = ReportQuery {
             from: 0,
             to: 240,
