@@ -115,6 +115,9 @@ pub struct Metrics {
     connections: ConnectionVecs,
     /// `rotator_tracking_events_total`, index: kind * outcomes + outcome.
     tracking_events: Vec<IntCounter>,
+    /// `rotator_state_seconds{backend,op}` and `rotator_state_errors_total{backend,op}`.
+    state_seconds: HistogramVec,
+    state_errors: IntCounterVec,
 }
 
 /// The connection series of every listener, by label `listener` (`ads`, `metrics`).
@@ -229,7 +232,27 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("unique metric");
+        let state_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "rotator_state_seconds",
+                "Time of one call to the state backend (budgets, caps, seen-ids), by backend and operation.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["backend", "op"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(state_seconds.clone()))
+            .expect("unique metric");
+        let state_errors = counter_vec(
+            &registry,
+            "rotator_state_errors_total",
+            "Failed calls to the state backend (unreachable, timed out), by backend and operation.",
+            &["backend", "op"],
+        );
         Arc::new(Metrics {
+            state_seconds,
+            state_errors,
             latency: LatencyByRoute { series },
             decisions_won: decisions.with_label_values(&["won"]),
             decisions_no_fill: decisions.with_label_values(&["no_fill"]),
@@ -485,5 +508,23 @@ impl Metrics {
             out = format!("# encoding failed: {e}\n");
         }
         out
+    }
+}
+
+impl Metrics {
+    /// Counts one call to the state backend (`backend`: `local`, `redis`; `op`: the method).
+    pub fn observe_state(
+        &self,
+        backend: &'static str,
+        op: &'static str,
+        elapsed: Duration,
+        ok: bool,
+    ) {
+        self.state_seconds
+            .with_label_values(&[backend, op])
+            .observe(elapsed.as_secs_f64());
+        if !ok {
+            self.state_errors.with_label_values(&[backend, op]).inc();
+        }
     }
 }

@@ -46,6 +46,14 @@ const SPOOL_AFTER_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::f
 const TTL_RANGE: RangeInclusive<Duration> =
     Duration::from_secs(60)..=Duration::from_secs(30 * 86_400);
 
+/// Accepted `[state] lease_seconds`: a lease of at least a second (one tick), and at most five
+/// minutes of spend outstanding per node.
+const LEASE_SECONDS_RANGE: RangeInclusive<u32> = 1..=300;
+
+/// Accepted `[state.redis] timeout` and `lease_timeout`.
+const REDIS_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(10);
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -107,6 +115,8 @@ pub struct Config {
     pub bots: BotsConfig,
     /// Tracking URLs: signing keys, lifetimes, counted-once state.
     pub tracking: TrackingConfig,
+    /// Delivery counters: local or shared through Redis.
+    pub state: StateConfig,
     /// Where this configuration came from: the file, or `<defaults>`. Not a key.
     #[serde(skip)]
     pub source_name: String,
@@ -186,6 +196,7 @@ impl Config {
             &mut self.stats.sqlite.path,
             &mut self.tracking.secret_file,
             &mut self.tracking.seen_file,
+            &mut self.state.dir,
         ]
         .into_iter()
         .chain(&mut self.tracking.previous_secret_files)
@@ -312,6 +323,7 @@ impl Config {
         }
         check_log_level(&self.log.level).map_err(|m| self.invalid("log", "level", m))?;
         self.validate_tracking()?;
+        self.validate_state()?;
         for (key, patterns) in [("allow", &self.bots.allow), ("deny", &self.bots.deny)] {
             regex::RegexSet::new(patterns).map_err(|e| self.invalid("bots", key, e.to_string()))?;
         }
@@ -348,6 +360,49 @@ impl Config {
         if !t.public_url.is_empty() {
             check_url(&t.public_url).map_err(|m| self.invalid("tracking", "public_url", m))?;
         }
+        Ok(())
+    }
+
+    /// `[state]`: a lease length and Redis timeouts that can work, a Redis URL the client takes.
+    fn validate_state(&self) -> Result<(), ConfigError> {
+        let s = &self.state;
+        if !LEASE_SECONDS_RANGE.contains(&s.lease_seconds) {
+            return Err(self.invalid(
+                "state",
+                "lease_seconds",
+                format!(
+                    "{} is out of range: must be from {} to {}",
+                    s.lease_seconds,
+                    LEASE_SECONDS_RANGE.start(),
+                    LEASE_SECONDS_RANGE.end()
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("timeout", s.redis.timeout),
+            ("lease_timeout", s.redis.lease_timeout),
+        ] {
+            if !REDIS_TIMEOUT_RANGE.contains(&value) {
+                return Err(self.invalid(
+                    "state.redis",
+                    key,
+                    format!(
+                        "{} is out of range: must be from {} to {}",
+                        humantime::format_duration(value),
+                        humantime::format_duration(*REDIS_TIMEOUT_RANGE.start()),
+                        humantime::format_duration(*REDIS_TIMEOUT_RANGE.end())
+                    ),
+                ));
+            }
+        }
+        redis::Client::open(s.redis.url.as_str()).map_err(|e| {
+            self.invalid(
+                "state.redis",
+                "url",
+                // Not the URL itself: it may carry a password.
+                format!("not a Redis URL like redis://127.0.0.1:6379: {e}"),
+            )
+        })?;
         Ok(())
     }
 
