@@ -5,12 +5,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rotator::config::{StateBackend, StateConfig};
+use rotator::config::{StateBackend, StateConfig, TrackingConfig};
 use rotator::delivery::state::{CapAsk, LeaseAsk, State, StateWriter};
 use rotator::metrics::Metrics;
-use rotator::tracking::{EventKind, Mark, Seen};
+use rotator::tracking::{Claims, EventKind, Mark, Seen, Signer, new_id, now};
+use rotator::visitor::geoip::Country;
+use rotator::visitor::symbol::Sym;
+use rotator::visitor::user_agent::Device;
 
-use crate::harness::{repo, temp_dir};
+use crate::harness::{Server, config, repo, request, seed_campaigns, temp_dir};
 use crate::support::{exclusive, service_url};
 
 const NOW: i64 = 1_800_000_000;
@@ -519,4 +522,95 @@ fn services(action: &str, name: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "scripts/services {action} {name}");
+}
+
+/// The value of `rotator_tracking_events_total{kind, outcome}` on `s`.
+fn tracking_events(s: &Server, kind: &str, outcome: &str) -> u64 {
+    let text = request(s.metrics.unwrap(), "GET", "/metrics", &[]).body;
+    let series = format!("rotator_tracking_events_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("no series {series}in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Issue 11, item 6: with Redis, tracking's counted-once memory is shared, so a beacon replayed
+/// to another node is a duplicate there, and a click on one node finds its impression counted
+/// on another.
+#[test]
+fn issue11_tracking_counts_once_across_nodes_through_redis() {
+    let Some(url) = service_url("ROTATOR_TEST_REDIS_URL") else {
+        return;
+    };
+    let _exclusive = crate::support::service_lock();
+    let cfg = config(
+        "",
+        &format!(
+            "[state]\nbackend = \"redis\"\n[state.redis]\nurl = \"{url}\"\ntimeout = \"2s\"\n"
+        ),
+    );
+    let (dir_a, dir_b) = (temp_dir("nodes-a"), temp_dir("nodes-b"));
+    let a = Server::start_in(&dir_a, &cfg, &seed_campaigns());
+    // Both nodes sign with one key, as a deployment behind a load balancer must.
+    std::fs::create_dir_all(dir_b.join("data")).unwrap();
+    std::fs::copy(
+        dir_a.join("data/tracking.key"),
+        dir_b.join("data/tracking.key"),
+    )
+    .unwrap();
+    let b = Server::start_in(&dir_b, &cfg, &seed_campaigns());
+    let signer = Signer::load(&TrackingConfig {
+        secret_file: dir_a.join("data/tracking.key"),
+        ..TrackingConfig::default()
+    })
+    .unwrap();
+    let now = now();
+    let claims = |kind, expires| Claims {
+        id: new_id(),
+        kind,
+        campaign_id: 2,
+        creative_id: 201,
+        placement: Sym::intern("top-banner"),
+        issued: now,
+        expires,
+        country: Country::parse("DE"),
+        os: Sym::intern("Windows"),
+        browser: Sym::intern("Chrome"),
+        device: Device::Desktop,
+    };
+    let impression = claims(EventKind::Impression, now + 3_600);
+    let click = Claims {
+        kind: EventKind::Click,
+        expires: now + 86_400,
+        ..impression
+    };
+    let (impression, click) = (signer.sign(&impression), signer.sign(&click));
+    let total =
+        |kind, outcome| tracking_events(&a, kind, outcome) + tracking_events(&b, kind, outcome);
+    for node in [&a, &b, &a, &b] {
+        let r = request(node.addr, "GET", &format!("/v1/i/{impression}"), &[]);
+        assert_eq!(r.status, 204, "{r:?}");
+    }
+    assert_eq!(total("impression", "counted"), 1);
+    assert_eq!(total("impression", "duplicate"), 3);
+    let r = request(b.addr, "GET", &format!("/v1/c/{click}"), &[]);
+    assert_eq!(r.status, 302, "{r:?}");
+    assert_eq!(
+        tracking_events(&b, "click", "counted"),
+        1,
+        "the impression was on a"
+    );
+    let r = request(a.addr, "GET", &format!("/v1/c/{click}"), &[]);
+    assert_eq!(r.status, 302, "{r:?}");
+    assert_eq!(total("click", "counted"), 1);
+    assert_eq!(total("click", "duplicate"), 1);
+    let r = request(a.addr, "GET", "/v1/i/not-a-token", &[]);
+    assert_eq!(r.status, 400);
+    assert_eq!(request(a.addr, "GET", "/v1/x/y", &[]).status, 404);
+    for s in [a, b] {
+        let (status, log) = s.stop();
+        assert!(status.success(), "{log}");
+    }
 }
