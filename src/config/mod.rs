@@ -718,6 +718,36 @@ mod tests {
         assert!(err("[tracking]\npublic_url = \"ads.example\"\n").contains("public_url"));
     }
 
+    /// Issue 11, item 6: `[state]` defaults, environment overrides, checked values.
+    #[test]
+    fn issue11_state_section() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.state.backend, StateBackend::Local);
+        assert_eq!(c.state.on_outage, OnOutage::Hold);
+        assert_eq!(c.state.lease_seconds, 5);
+        assert!(c.state.dir.ends_with("data/state") && c.state.dir.is_absolute());
+        assert_eq!(c.state.redis.timeout, Duration::from_millis(50));
+        let c = load(
+            "[state]\nbackend = \"redis\"\non_outage = \"serve\"\n[state.redis]\ntimeout = \"20ms\"\n",
+            &[("ROTATOR_STATE_REDIS_URL", "redis://:pw@10.0.0.9:6380/2")],
+        )
+        .unwrap();
+        assert_eq!(c.state.backend, StateBackend::Redis);
+        assert_eq!(c.state.on_outage, OnOutage::Serve);
+        assert_eq!(c.state.redis.url, "redis://:pw@10.0.0.9:6380/2");
+        assert_eq!(c.state.redis.timeout, Duration::from_millis(20));
+        let err = |text: &str| load(text, &[]).unwrap_err().to_string();
+        assert!(err("[state]\nbackend = \"etcd\"\n").contains("etcd"));
+        assert!(err("[state]\nlease_seconds = 0\n").contains("[state] lease_seconds"));
+        assert!(err("[state.redis]\ntimeout = \"0s\"\n").contains("[state.redis] timeout"));
+        let bad_url = err("[state.redis]\nurl = \"http://user:secret@host\"\n");
+        assert!(bad_url.contains("[state.redis] url"), "{bad_url}");
+        assert!(
+            !bad_url.contains("secret"),
+            "no password in messages: {bad_url}"
+        );
+    }
+
     #[test]
     fn wide_trusted_proxies_are_doubted() {
         for wide in [
