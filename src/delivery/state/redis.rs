@@ -20,6 +20,7 @@
 //! duplicate.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -30,7 +31,6 @@ use crate::campaigns::budget::Micros;
 use crate::config::StateRedisConfig;
 use crate::metrics::Metrics;
 use crate::tracking::{EventKind, Mark};
-use std::sync::Arc;
 
 /// How long a day's budget key outlives its last grant: the day itself plus time zones and a
 /// margin for `spent` asked the day after.
@@ -150,9 +150,11 @@ fn cap_key(campaign: u32, key: u64) -> String {
 }
 
 fn seen_key(id: &[u8; 12], kind: EventKind) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = format!("rotator:seen:{}:", kind.as_str());
     for b in id {
-        s.push_str(&format!("{b:02x}"));
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
     }
     s
 }
@@ -206,7 +208,7 @@ impl RedisState {
         }
     }
 
-    /// `PING`, within the request-path timeout.
+    /// `PING`, within the budget calls' timeout.
     pub async fn ping(&self) -> Result<(), StateError> {
         let mut c = self.connection.clone();
         Self::within(self.lease_timeout, async move {
@@ -396,5 +398,24 @@ impl RedisState {
                 .await
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_prefixed_and_readable() {
+        assert_eq!(day_key(7, 20_000), "rotator:budget:7:day:20000");
+        assert_eq!(total_key(7), "rotator:budget:7:total");
+        assert_eq!(cap_key(7, 0xab), "rotator:cap:7:00000000000000ab");
+        let mut id = [0; 12];
+        id[0] = 0xf0;
+        id[11] = 0x0e;
+        assert_eq!(
+            seen_key(&id, EventKind::Click),
+            "rotator:seen:click:f0000000000000000000000e"
+        );
     }
 }
