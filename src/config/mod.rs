@@ -378,6 +378,9 @@ impl Config {
                 ),
             ));
         }
+        if s.max_cap_entries == 0 {
+            return Err(self.invalid("state", "max_cap_entries", "must be more than zero".into()));
+        }
         for (key, value) in [
             ("timeout", s.redis.timeout),
             ("lease_timeout", s.redis.lease_timeout),
@@ -739,6 +742,7 @@ mod tests {
         let err = |text: &str| load(text, &[]).unwrap_err().to_string();
         assert!(err("[state]\nbackend = \"etcd\"\n").contains("etcd"));
         assert!(err("[state]\nlease_seconds = 0\n").contains("[state] lease_seconds"));
+        assert!(err("[state]\nmax_cap_entries = 0\n").contains("[state] max_cap_entries"));
         assert!(err("[state.redis]\ntimeout = \"0s\"\n").contains("[state.redis] timeout"));
         let bad_url = err("[state.redis]\nurl = \"http://user:secret@host\"\n");
         assert!(bad_url.contains("[state.redis] url"), "{bad_url}");

@@ -364,6 +364,9 @@ pub struct StateConfig {
     pub dir: PathBuf,
     /// A budget lease is about this many seconds of a campaign's spend.
     pub lease_seconds: u32,
+    /// Local backend: most visitor × campaign pairs with cap views remembered (about 150
+    /// bytes each); when full, new visitors of capped campaigns follow `on_outage`.
+    pub max_cap_entries: u64,
     /// `[state.redis]`
     pub redis: StateRedisConfig,
 }
@@ -375,6 +378,7 @@ impl Default for StateConfig {
             on_outage: OnOutage::Hold,
             dir: "data/state".into(),
             lease_seconds: 5,
+            max_cap_entries: 5_000_000,
             redis: StateRedisConfig::default(),
         }
     }

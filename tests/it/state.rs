@@ -391,6 +391,14 @@ fn issue11_local_state_survives_reopen() {
         }
         state.release(&[key], campaign, d2).await.unwrap();
 
+        let metrics = Metrics::new();
+        let err = State::open(&config, Arc::new(Seen::new(10)), metrics, NOW)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("in use by another rotator process"), "{err}");
+
         // What a kill -9 would leave on disk now (a copy: the first instance goes on).
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         let crash = StateConfig {
@@ -439,6 +447,43 @@ fn issue11_local_state_survives_reopen() {
             .unwrap()
             .to_string();
         assert!(err.contains("not a budget journal"), "{err}");
+    });
+}
+
+/// The local caps memory is bounded: a full shard refuses new visitors (the caller then
+/// follows `on_outage`) until their views expire.
+#[test]
+fn issue11_local_caps_memory_is_bounded() {
+    runtime().block_on(async {
+        let config = StateConfig {
+            max_cap_entries: 64,
+            ..local_config("state-bounded")
+        };
+        let (state, _writer, _) = open(&config).await;
+        let cap = [CapAsk {
+            campaign: 1,
+            limit: 5,
+            per_secs: 600,
+        }];
+        // One visitor per shard (keys are sharded by their top bits), then a second one.
+        for shard in 0..64u64 {
+            let r = state
+                .reserve(&[shard << 58], &cap, decision(shard), NOW)
+                .await;
+            assert_eq!(r.unwrap().granted, Some(0));
+        }
+        let r = state.reserve(&[1 << 58], &cap, decision(0), NOW).await;
+        assert_eq!(r.unwrap().granted, Some(0), "a known visitor still fits");
+        let err = state
+            .reserve(&[(7 << 58) | 1], &cap, decision(0), NOW + 1)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_cap_entries"), "{err}");
+        let r = state
+            .reserve(&[(7 << 58) | 1], &cap, decision(0), NOW + 600)
+            .await;
+        assert_eq!(r.unwrap().granted, Some(0), "room again once views expired");
     });
 }
 

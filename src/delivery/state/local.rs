@@ -24,7 +24,13 @@
 //! A torn last record (a crash while writing) is ignored.
 //!
 //! Caps are sharded by visitor key; a reservation under two keys locks both shards in index
-//! order (no deadlock), so it is atomic like the Redis script.
+//! order (no deadlock), so it is atomic like the Redis script. Memory is bounded by
+//! `[state] max_cap_entries` (visitor × campaign pairs with views counting; each shard holds a
+//! 64th): a full shard first drops its expired views; if still full, the reservation fails
+//! ([`StateError::CapsFull`]) and the caller treats it like an outage (`on_outage`).
+//!
+//! `dir/lock` is held (`flock`) while the state is open: a second process on the same folder
+//! is refused instead of writing over the first one's journals.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -67,6 +73,8 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// The local backend.
 pub struct LocalState {
     pub(super) metrics: Arc<Metrics>,
+    /// Held for the lifetime of the state (`flock`).
+    _lock: File,
     /// Tracking's counted-once memory (journalled by tracking itself).
     pub(super) seen: Arc<Seen>,
     budgets: Mutex<Budgets>,
@@ -103,6 +111,8 @@ struct CapShard(Mutex<CapShardState>);
 
 struct Caps {
     shards: Box<[CapShard]>,
+    /// Visitor × campaign pairs each shard may hold.
+    per_shard: usize,
     /// The latest `now` a call passed (the writer purges with it: no clock of its own).
     latest_now: AtomicI64,
 }
@@ -130,14 +140,21 @@ impl LocalState {
     /// caps journal writer.
     pub fn open(
         dir: &Path,
+        max_cap_entries: u64,
         seen: Arc<Seen>,
         metrics: Arc<Metrics>,
         now: i64,
     ) -> Result<(LocalState, StateWriter), StateError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let lock_path = dir.join("lock");
+        let lock = File::create(&lock_path).map_err(io_error(&lock_path))?;
+        lock.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => StateError::Locked(dir.to_path_buf()),
+            std::fs::TryLockError::Error(e) => io_error(&lock_path)(e),
+        })?;
         let budgets = Budgets::open(&dir.join("budget"))?;
         let caps_path = dir.join("caps");
-        let caps = Arc::new(Caps::new(now));
+        let caps = Arc::new(Caps::new(max_cap_entries, now));
         caps.load(&caps_path, now)?;
         let (live, _) = caps.compact(&caps_path).map_err(io_error(&caps_path))?;
         let file = OpenOptions::new()
@@ -155,6 +172,7 @@ impl LocalState {
         Ok((
             LocalState {
                 metrics,
+                _lock: lock,
                 seen,
                 budgets: Mutex::new(budgets),
                 caps,
@@ -222,8 +240,15 @@ impl LocalState {
         )
     }
 
-    /// See [`super::State::reserve`]; `keys` holds 1 or 2 keys (checked by the caller).
-    pub fn reserve(&self, keys: &[u64], asks: &[CapAsk], decision: [u8; 12], now: i64) -> CapReply {
+    /// See [`super::State::reserve`]; `keys` holds 1 or 2 keys (checked by the caller). Fails
+    /// only when the memory is full ([`StateError::CapsFull`]).
+    pub fn reserve(
+        &self,
+        keys: &[u64],
+        asks: &[CapAsk],
+        decision: [u8; 12],
+        now: i64,
+    ) -> Result<CapReply, StateError> {
         self.caps.latest_now.fetch_max(now, Ordering::Relaxed);
         let keys = distinct(keys);
         let mut locked = self.caps.lock(keys);
@@ -254,6 +279,17 @@ impl LocalState {
             match frees {
                 Some(until) => reply.full_until[i] = until,
                 None => {
+                    for &key in keys {
+                        let shard = locked.get(key);
+                        if !shard.views.contains_key(&(key, ask.campaign))
+                            && shard.views.len() >= self.caps.per_shard
+                        {
+                            shard.purge(now);
+                            if shard.views.len() >= self.caps.per_shard {
+                                return Err(StateError::CapsFull);
+                            }
+                        }
+                    }
                     let view = View {
                         until: now.saturating_add(i64::from(ask.per_secs)),
                         decision,
@@ -274,7 +310,7 @@ impl LocalState {
                 }
             }
         }
-        reply
+        Ok(reply)
     }
 
     /// See [`super::State::release`].
@@ -511,9 +547,22 @@ fn shard_index(key: u64) -> usize {
     (key >> 58) as usize % SHARDS
 }
 
+impl CapShardState {
+    /// Drops views expired at `now`.
+    fn purge(&mut self, now: i64) {
+        self.views.retain(|_, views| {
+            views.retain(|v| v.until > now);
+            !views.is_empty()
+        });
+    }
+}
+
 impl Caps {
-    fn new(now: i64) -> Caps {
+    fn new(max_entries: u64, now: i64) -> Caps {
         Caps {
+            per_shard: usize::try_from(max_entries.div_ceil(SHARDS as u64))
+                .unwrap_or(usize::MAX)
+                .max(1),
             shards: (0..SHARDS)
                 .map(|_| {
                     CapShard(Mutex::new(CapShardState {
@@ -609,11 +658,7 @@ impl Caps {
     fn purge(&self) {
         let now = self.latest_now.load(Ordering::Relaxed);
         for s in self.shards.iter() {
-            let mut shard = lock(&s.0);
-            shard.views.retain(|_, views| {
-                views.retain(|v| v.until > now);
-                !views.is_empty()
-            });
+            lock(&s.0).purge(now);
         }
     }
 

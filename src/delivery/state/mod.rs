@@ -95,6 +95,15 @@ pub enum StateError {
     /// Redis answered something the script cannot have returned.
     #[error("[state] redis: unexpected reply: {0}")]
     Reply(String),
+    /// The local caps memory is full (`[state] max_cap_entries`).
+    #[error(
+        "[state] max_cap_entries reached: no more visitors can be capped until older views \
+         expire"
+    )]
+    CapsFull,
+    /// Another process holds the local state folder.
+    #[error("[state] {0}: in use by another rotator process (give each its own dir)")]
+    Locked(PathBuf),
     /// More visitor keys than [`MAX_KEYS`] (a caller's bug).
     #[error("[state] {0} visitor keys given; at most {MAX_KEYS}")]
     Keys(usize),
@@ -122,7 +131,8 @@ impl State {
     ) -> Result<(State, StateWriter), StateError> {
         match config.backend {
             StateBackend::Local => {
-                let (local, writer) = LocalState::open(&config.dir, seen, metrics, now)?;
+                let (local, writer) =
+                    LocalState::open(&config.dir, config.max_cap_entries, seen, metrics, now)?;
                 Ok((State::Local(local), writer))
             }
             StateBackend::Redis => {
@@ -220,7 +230,7 @@ impl State {
         self.observed("reserve", async {
             check_keys(keys)?;
             match self {
-                State::Local(l) => Ok(l.reserve(keys, asks, decision, now)),
+                State::Local(l) => l.reserve(keys, asks, decision, now),
                 State::Redis(r) => r.reserve(keys, asks, decision, now).await,
             }
         })
