@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rotator::config::{StateBackend, StateConfig, TrackingConfig};
 use rotator::delivery::state::{CapAsk, LeaseAsk, State, StateWriter};
 use rotator::metrics::Metrics;
-use rotator::tracking::{Claims, EventKind, Mark, Seen, Signer, new_id, now};
+use rotator::tracking::{Claims, EventKind, Mark, Outcome, Seen, Signer, Tracker, new_id, now};
 use rotator::visitor::geoip::Country;
 use rotator::visitor::symbol::Sym;
 use rotator::visitor::user_agent::Device;
@@ -658,4 +658,70 @@ fn issue11_tracking_counts_once_across_nodes_through_redis() {
         let (status, log) = s.stop();
         assert!(status.success(), "{log}");
     }
+}
+
+/// Tracking while Redis cannot answer: each node's own memory counts an event once, a click is
+/// counted although its impression cannot be checked, and nothing waits longer than the timeout.
+#[test]
+fn issue11_tracking_falls_back_to_the_node_while_redis_is_away() {
+    runtime().block_on(async {
+        let port = crate::support::free_port();
+        let mut config = redis_config(format!("redis://127.0.0.1:{port}"));
+        config.redis.timeout = Duration::from_millis(50);
+        config.redis.lease_timeout = Duration::from_millis(50);
+        let (state, _writer, metrics) = open(&config).await;
+        let signer = || Signer::from_keys(&[9; 32], &[]).unwrap();
+        let tracker = Tracker::new(
+            signer(),
+            Arc::new(Seen::new(1_000)),
+            &TrackingConfig::default(),
+            None,
+            metrics.clone(),
+        )
+        .sharing(state);
+        assert!(tracker.is_shared());
+        let now = now();
+        let impression = Claims {
+            id: new_id(),
+            kind: EventKind::Impression,
+            campaign_id: 2,
+            creative_id: 201,
+            placement: Sym::intern("top-banner"),
+            issued: now,
+            expires: now + 3_600,
+            country: Country::parse("DE"),
+            os: Sym::intern("Windows"),
+            browser: Sym::intern("Chrome"),
+            device: Device::Desktop,
+        };
+        let click = Claims {
+            kind: EventKind::Click,
+            ..impression
+        };
+        let (i, c) = (signer().sign(&impression), signer().sign(&click));
+        let started = Instant::now();
+        let outcomes = [
+            tracker.event_shared(EventKind::Click, &c, false, now).await,
+            tracker
+                .event_shared(EventKind::Impression, &i, false, now)
+                .await,
+            tracker
+                .event_shared(EventKind::Impression, &i, false, now)
+                .await,
+            tracker.event_shared(EventKind::Click, &c, false, now).await,
+        ]
+        .map(|e| e.outcome);
+        use Outcome::{Counted, Duplicate};
+        assert_eq!(outcomes, [Counted, Counted, Duplicate, Duplicate]);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let text = metrics.render();
+        assert!(
+            text.contains("rotator_state_errors_total{backend=\"redis\",op=\"seen_first\"} 2"),
+            "{text}"
+        );
+    });
 }
