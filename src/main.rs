@@ -16,6 +16,7 @@ use tracing_subscriber::EnvFilter;
 use rotator::campaigns::{Catalogue, CatalogueHandle, reload};
 use rotator::config::{Config, LogFormat};
 use rotator::decision::Decider;
+use rotator::delivery::state::State;
 use rotator::http::routes::{AdRoutes, AdminRoutes};
 use rotator::http::server::{self, ServeOptions};
 use rotator::metrics::Metrics;
@@ -223,6 +224,14 @@ fn serve(path: Option<&Path>) -> Result<()> {
         Some(stats.aggregator.clone()),
         metrics.clone(),
     )?;
+    let (state, state_writer) = runtime.block_on(State::open(
+        &config.state,
+        tracker.seen(),
+        metrics.clone(),
+        i64::from(rotator::tracking::now()),
+    ))?;
+    let state = Arc::new(state);
+    let tracker = Arc::new(tracker.sharing(state.clone()));
     {
         let catalogue = core.catalogue.load();
         for warning in catalogue.warnings() {
@@ -296,6 +305,7 @@ fn serve(path: Option<&Path>) -> Result<()> {
     })?;
     // After the listeners: the events of the last requests are journalled too.
     seen_writer.stop();
+    state_writer.stop();
     stats_stop.fire();
     stats.join();
     tracing::info!("stopped");

@@ -46,6 +46,14 @@ const SPOOL_AFTER_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::f
 const TTL_RANGE: RangeInclusive<Duration> =
     Duration::from_secs(60)..=Duration::from_secs(30 * 86_400);
 
+/// Accepted `[state] lease_seconds`: a lease of at least a second (one tick), and at most five
+/// minutes of spend outstanding per node.
+const LEASE_SECONDS_RANGE: RangeInclusive<u32> = 1..=300;
+
+/// Accepted `[state.redis] timeout` and `lease_timeout`.
+const REDIS_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(10);
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -107,6 +115,8 @@ pub struct Config {
     pub bots: BotsConfig,
     /// Tracking URLs: signing keys, lifetimes, counted-once state.
     pub tracking: TrackingConfig,
+    /// Delivery counters: local or shared through Redis.
+    pub state: StateConfig,
     /// Where this configuration came from: the file, or `<defaults>`. Not a key.
     #[serde(skip)]
     pub source_name: String,
@@ -186,6 +196,7 @@ impl Config {
             &mut self.stats.sqlite.path,
             &mut self.tracking.secret_file,
             &mut self.tracking.seen_file,
+            &mut self.state.dir,
         ]
         .into_iter()
         .chain(&mut self.tracking.previous_secret_files)
@@ -312,6 +323,7 @@ impl Config {
         }
         check_log_level(&self.log.level).map_err(|m| self.invalid("log", "level", m))?;
         self.validate_tracking()?;
+        self.validate_state()?;
         for (key, patterns) in [("allow", &self.bots.allow), ("deny", &self.bots.deny)] {
             regex::RegexSet::new(patterns).map_err(|e| self.invalid("bots", key, e.to_string()))?;
         }
@@ -348,6 +360,52 @@ impl Config {
         if !t.public_url.is_empty() {
             check_url(&t.public_url).map_err(|m| self.invalid("tracking", "public_url", m))?;
         }
+        Ok(())
+    }
+
+    /// `[state]`: a lease length and Redis timeouts that can work, a Redis URL the client takes.
+    fn validate_state(&self) -> Result<(), ConfigError> {
+        let s = &self.state;
+        if !LEASE_SECONDS_RANGE.contains(&s.lease_seconds) {
+            return Err(self.invalid(
+                "state",
+                "lease_seconds",
+                format!(
+                    "{} is out of range: must be from {} to {}",
+                    s.lease_seconds,
+                    LEASE_SECONDS_RANGE.start(),
+                    LEASE_SECONDS_RANGE.end()
+                ),
+            ));
+        }
+        if s.max_cap_entries == 0 {
+            return Err(self.invalid("state", "max_cap_entries", "must be more than zero".into()));
+        }
+        for (key, value) in [
+            ("timeout", s.redis.timeout),
+            ("lease_timeout", s.redis.lease_timeout),
+        ] {
+            if !REDIS_TIMEOUT_RANGE.contains(&value) {
+                return Err(self.invalid(
+                    "state.redis",
+                    key,
+                    format!(
+                        "{} is out of range: must be from {} to {}",
+                        humantime::format_duration(value),
+                        humantime::format_duration(*REDIS_TIMEOUT_RANGE.start()),
+                        humantime::format_duration(*REDIS_TIMEOUT_RANGE.end())
+                    ),
+                ));
+            }
+        }
+        redis::Client::open(s.redis.url.as_str()).map_err(|e| {
+            self.invalid(
+                "state.redis",
+                "url",
+                // Not the URL itself: it may carry a password.
+                format!("not a Redis URL like redis://127.0.0.1:6379: {e}"),
+            )
+        })?;
         Ok(())
     }
 
@@ -661,6 +719,37 @@ mod tests {
         assert!(err("[tracking]\nclick_ttl = \"31d\"\n").contains("[tracking] click_ttl"));
         assert!(err("[tracking]\nseen_max_entries = 0\n").contains("seen_max_entries"));
         assert!(err("[tracking]\npublic_url = \"ads.example\"\n").contains("public_url"));
+    }
+
+    /// Issue 11, item 6: `[state]` defaults, environment overrides, checked values.
+    #[test]
+    fn issue11_state_section() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.state.backend, StateBackend::Local);
+        assert_eq!(c.state.on_outage, OnOutage::Hold);
+        assert_eq!(c.state.lease_seconds, 5);
+        assert!(c.state.dir.ends_with("data/state") && c.state.dir.is_absolute());
+        assert_eq!(c.state.redis.timeout, Duration::from_millis(50));
+        let c = load(
+            "[state]\nbackend = \"redis\"\non_outage = \"serve\"\n[state.redis]\ntimeout = \"20ms\"\n",
+            &[("ROTATOR_STATE_REDIS_URL", "redis://:pw@10.0.0.9:6380/2")],
+        )
+        .unwrap();
+        assert_eq!(c.state.backend, StateBackend::Redis);
+        assert_eq!(c.state.on_outage, OnOutage::Serve);
+        assert_eq!(c.state.redis.url, "redis://:pw@10.0.0.9:6380/2");
+        assert_eq!(c.state.redis.timeout, Duration::from_millis(20));
+        let err = |text: &str| load(text, &[]).unwrap_err().to_string();
+        assert!(err("[state]\nbackend = \"etcd\"\n").contains("etcd"));
+        assert!(err("[state]\nlease_seconds = 0\n").contains("[state] lease_seconds"));
+        assert!(err("[state]\nmax_cap_entries = 0\n").contains("[state] max_cap_entries"));
+        assert!(err("[state.redis]\ntimeout = \"0s\"\n").contains("[state.redis] timeout"));
+        let bad_url = err("[state.redis]\nurl = \"http://user:secret@host\"\n");
+        assert!(bad_url.contains("[state.redis] url"), "{bad_url}");
+        assert!(
+            !bad_url.contains("secret"),
+            "no password in messages: {bad_url}"
+        );
     }
 
     #[test]

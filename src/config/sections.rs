@@ -332,6 +332,83 @@ impl Default for TrackingConfig {
     }
 }
 
+/// Where the delivery counters (budget spend, frequency-cap views) live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    /// In this process, journalled under `[state] dir`: one node, nothing to install.
+    Local,
+    /// One Redis server shared by every node.
+    Redis,
+}
+
+/// What capped campaigns do while their caps cannot be checked (Redis unreachable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOutage {
+    /// Keep showing them, uncapped, until Redis answers again.
+    Serve,
+    /// Do not show them (uncapped campaigns still serve).
+    Hold,
+}
+
+/// `[state]`: budgets, frequency caps and, with Redis, tracking's counted-once memory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// `local` (default) or `redis`.
+    pub backend: StateBackend,
+    /// Capped campaigns while caps cannot be checked: `hold` (default) or `serve`.
+    pub on_outage: OnOutage,
+    /// Folder of the local backend's journals.
+    pub dir: PathBuf,
+    /// A budget lease is about this many seconds of a campaign's spend.
+    pub lease_seconds: u32,
+    /// Local backend: most visitor × campaign pairs with cap views remembered (about 150
+    /// bytes each); when full, new visitors of capped campaigns follow `on_outage`.
+    pub max_cap_entries: u64,
+    /// `[state.redis]`
+    pub redis: StateRedisConfig,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            backend: StateBackend::Local,
+            on_outage: OnOutage::Hold,
+            dir: "data/state".into(),
+            lease_seconds: 5,
+            max_cap_entries: 5_000_000,
+            redis: StateRedisConfig::default(),
+        }
+    }
+}
+
+/// `[state.redis]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateRedisConfig {
+    /// `redis://[user:password@]host:port[/db]` or `unix:///path/to/socket`.
+    pub url: String,
+    /// How long a call on the request path (caps, tracking) may wait for Redis before it counts
+    /// as failed.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// How long a budget call (leases, refunds: once a second, off the request path) may wait.
+    #[serde(with = "duration_str")]
+    pub lease_timeout: Duration,
+}
+
+impl Default for StateRedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            timeout: Duration::from_millis(50),
+            lease_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
 /// Durations as strings such as `"500ms"`, `"10s"`, `"1m"`.
 mod duration_str {
     use std::time::Duration;

@@ -81,6 +81,15 @@ impl Handler for AdRoutes {
                 started,
             );
         }
+        if route == Route::Tracking && self.tracker.is_shared() && only_get_or_head(&req).is_none()
+        {
+            return super::tracking::answer_shared(
+                self.tracker.clone(),
+                self.decider.clone(),
+                &req,
+                started,
+            );
+        }
         // The method first: `CONNECT host:port`, `OPTIONS *` and `TRACE /x` have no route to
         // find, and the answer to them is that this server takes only GET and HEAD.
         let response = match (only_get_or_head(&req), route) {

@@ -10,6 +10,9 @@
 //! `Access-Control-Allow-Origin: *` so the tag may send beacons with `fetch`. What is counted is
 //! decided by [`Tracker::event`].
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{
@@ -18,13 +21,26 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::Body;
+use super::server::Reply;
 use crate::campaigns::Catalogue;
 use crate::decision::Decider;
-use crate::tracking::{Claims, EventKind, Tracker, now};
+use crate::metrics::Route;
+use crate::tracking::{Claims, Event, EventKind, Tracker, now};
 
 static NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 static ANY_ORIGIN: HeaderValue = HeaderValue::from_static("*");
 static TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+
+/// The event kind and token of a tracking path, or `None` when `path` is not one.
+fn parse(path: &str) -> Option<(EventKind, &str)> {
+    [
+        ("/v1/i/", EventKind::Impression),
+        ("/v1/v/", EventKind::Viewable),
+        ("/v1/c/", EventKind::Click),
+    ]
+    .into_iter()
+    .find_map(|(prefix, kind)| Some((kind, path.strip_prefix(prefix)?)))
+}
 
 /// The answer to a tracking URL, or `None` when `req`'s path is not one.
 pub fn answer(
@@ -32,16 +48,41 @@ pub fn answer(
     decider: &Decider,
     req: &Request<Incoming>,
 ) -> Option<Response<Body>> {
-    let path = req.uri().path();
-    let (kind, token) = [
-        ("/v1/i/", EventKind::Impression),
-        ("/v1/v/", EventKind::Viewable),
-        ("/v1/c/", EventKind::Click),
-    ]
-    .into_iter()
-    .find_map(|(prefix, kind)| Some((kind, path.strip_prefix(prefix)?)))?;
+    let (kind, token) = parse(req.uri().path())?;
     let event = tracker.event(kind, token, req.method() == Method::HEAD, now());
-    let response = match (event.claims, kind) {
+    Some(respond(decider, kind, event))
+}
+
+/// [`answer`] for a tracker whose counted-once memory is shared ([`Tracker::is_shared`]): the
+/// response once the shared memory has answered (a `404` when `req`'s path is not a tracking
+/// one). Observes the request's metrics itself.
+pub fn answer_shared(
+    tracker: Arc<Tracker>,
+    decider: Arc<Decider>,
+    req: &Request<Incoming>,
+    started: Instant,
+) -> Reply {
+    let head = req.method() == Method::HEAD;
+    let parsed = parse(req.uri().path()).map(|(kind, token)| (kind, token.to_string()));
+    Reply::Later(Box::pin(async move {
+        let response = match parsed {
+            Some((kind, token)) => {
+                let event = tracker.event_shared(kind, &token, head, now()).await;
+                respond(&decider, kind, event)
+            }
+            None => status(StatusCode::NOT_FOUND, "not found\n"),
+        };
+        decider.metrics.observe_request(
+            Route::Tracking,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
+        response
+    }))
+}
+
+fn respond(decider: &Decider, kind: EventKind, event: Event) -> Response<Body> {
+    match (event.claims, kind) {
         (None, EventKind::Click) => status(
             StatusCode::BAD_REQUEST,
             "This link is not valid: it was altered or is not a link of this ad server.\n",
@@ -55,8 +96,7 @@ pub fn answer(
             r
         }
         (Some(_), _) => status(StatusCode::NO_CONTENT, ""),
-    };
-    Some(response)
+    }
 }
 
 /// Where a click on the ad `claims` names goes: its creative's landing page in the current

@@ -6,6 +6,10 @@
 //! click, top-down:
 //! verify (MAC first) → `HEAD` counts nothing → a click needs its impression counted →
 //! remember once ([`seen::Seen`]) → count (statistics row and metrics).
+//! With `[state] backend = "redis"` the memory is shared by every node
+//! ([`Tracker::event_shared`], through the delivery state), so a beacon counts once across nodes;
+//! while Redis cannot answer, each node falls back to its own memory (an event replayed to another
+//! node then may count twice) and counts clicks whose impression it cannot check.
 //! Bots are counted like anyone else, under the device `bot` their token carries.
 
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use hyper::http::uri::Authority;
 
 use crate::config::TrackingConfig;
 use crate::decision::SlotWin;
+use crate::delivery::state::State;
 use crate::metrics::Metrics;
 use crate::stats::aggregator::{Aggregator, Counts, RowKey, current_minute};
 use crate::visitor::Visitor;
@@ -164,6 +169,8 @@ impl Claims {
 pub struct Tracker {
     signer: Signer,
     seen: Arc<Seen>,
+    /// The counted-once memory shared by every node (Redis), when there is one.
+    shared: Option<Arc<State>>,
     stats: Option<Arc<Aggregator>>,
     metrics: Arc<Metrics>,
     impression_ttl: u32,
@@ -219,11 +226,28 @@ impl Tracker {
         config: &TrackingConfig,
         stats: Option<Arc<Aggregator>>,
         metrics: Arc<Metrics>,
-    ) -> Result<(Arc<Tracker>, SeenWriter), TrackingError> {
+    ) -> Result<(Tracker, SeenWriter), TrackingError> {
         let signer = Signer::load(config)?;
         let (seen, writer) = Seen::open(&config.seen_file, config.seen_max_entries, now())?;
         let tracker = Tracker::new(signer, seen, config, stats, metrics);
-        Ok((Arc::new(tracker), writer))
+        Ok((tracker, writer))
+    }
+
+    /// This node's counted-once memory (the local state backend wraps it).
+    pub fn seen(&self) -> Arc<Seen> {
+        self.seen.clone()
+    }
+
+    /// Counts events once across every node sharing `state`, when it is shared (Redis); with
+    /// the local backend this node's memory is that state already, and the fast path stays.
+    pub fn sharing(mut self, state: Arc<State>) -> Tracker {
+        self.shared = matches!(*state, State::Redis(_)).then_some(state);
+        self
+    }
+
+    /// Whether events must go through [`Tracker::event_shared`].
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
     }
 
     /// A tracker over parts built elsewhere (tests, benchmarks).
@@ -238,6 +262,7 @@ impl Tracker {
         Tracker {
             signer,
             seen,
+            shared: None,
             stats,
             metrics,
             impression_ttl: secs(config.impression_ttl),
@@ -338,54 +363,114 @@ impl Tracker {
         event
     }
 
-    fn judge(&self, kind: EventKind, token: &str, head: bool, now: u32) -> Event {
-        let claims = match self.signer.verify(kind, token, now) {
-            Ok(c) => c,
+    /// [`Tracker::event`] through the shared memory (see [`Tracker::sharing`]); the same as
+    /// [`Tracker::event`] when there is none.
+    pub async fn event_shared(&self, kind: EventKind, token: &str, head: bool, now: u32) -> Event {
+        let Some(state) = &self.shared else {
+            return self.event(kind, token, head, now);
+        };
+        let event = match self.verify(kind, token, head, now) {
+            Err(event) => event,
+            Ok(claims) => {
+                let id = &claims.id;
+                let outcome = if head {
+                    Outcome::Head
+                } else if kind == EventKind::Click
+                    && !state
+                        .seen_has(id, EventKind::Impression)
+                        .await
+                        .unwrap_or(true)
+                {
+                    Outcome::NoImpression
+                } else if self.seen.has(id, kind) {
+                    // Counted here while Redis was unreachable.
+                    Outcome::Duplicate
+                } else {
+                    let until = self.remember_until(&claims);
+                    let mark = match state.seen_first(id, kind, until, now).await {
+                        Ok(mark) => mark,
+                        Err(_) => self.seen.first(id, kind, until, now),
+                    };
+                    self.counted(&claims, mark, now)
+                };
+                Event {
+                    outcome,
+                    claims: Some(claims),
+                }
+            }
+        };
+        self.metrics.observe_tracking(kind, event.outcome);
+        event
+    }
+
+    /// The claims of a genuine, unexpired token; otherwise the event to answer at once.
+    fn verify(&self, kind: EventKind, token: &str, head: bool, now: u32) -> Result<Claims, Event> {
+        match self.signer.verify(kind, token, now) {
+            Ok(c) => Ok(c),
             Err(TokenError::Expired(c)) => {
                 let outcome = if head {
                     Outcome::Head
                 } else {
                     Outcome::Expired
                 };
-                return Event {
+                Err(Event {
                     outcome,
                     claims: Some(c),
-                };
+                })
             }
             Err(e) => {
                 let outcome = match e {
                     TokenError::BadSignature | TokenError::UnknownKey => Outcome::BadSignature,
                     _ => Outcome::Malformed,
                 };
-                return Event {
+                Err(Event {
                     outcome,
                     claims: None,
-                };
+                })
             }
+        }
+    }
+
+    /// Until when an event of `claims` is remembered: an impression as long as its click may
+    /// come.
+    fn remember_until(&self, claims: &Claims) -> u32 {
+        match claims.kind {
+            EventKind::Impression => claims
+                .expires
+                .max(claims.issued.saturating_add(self.click_ttl)),
+            _ => claims.expires,
+        }
+    }
+
+    /// Counts `claims` when `mark` says it is new.
+    fn counted(&self, claims: &Claims, mark: Mark, now: u32) -> Outcome {
+        match mark {
+            Mark::First => {
+                self.count(claims);
+                Outcome::Counted
+            }
+            Mark::Duplicate => Outcome::Duplicate,
+            Mark::Full => {
+                self.warn_full(now);
+                Outcome::SeenFull
+            }
+        }
+    }
+
+    fn judge(&self, kind: EventKind, token: &str, head: bool, now: u32) -> Event {
+        let claims = match self.verify(kind, token, head, now) {
+            Ok(c) => c,
+            Err(event) => return event,
         };
         let outcome = if head {
             Outcome::Head
         } else if kind == EventKind::Click && !self.seen.has(&claims.id, EventKind::Impression) {
             Outcome::NoImpression
         } else {
-            // An impression is remembered as long as its click may come.
-            let remember = match kind {
-                EventKind::Impression => claims
-                    .expires
-                    .max(claims.issued.saturating_add(self.click_ttl)),
-                _ => claims.expires,
-            };
-            match self.seen.first(&claims.id, kind, remember, now) {
-                Mark::First => {
-                    self.count(&claims);
-                    Outcome::Counted
-                }
-                Mark::Duplicate => Outcome::Duplicate,
-                Mark::Full => {
-                    self.warn_full(now);
-                    Outcome::SeenFull
-                }
-            }
+            let mark = self
+                .seen
+                .first(&claims.id, kind, self.remember_until(&claims), now);
+            self.counted(&claims, mark, now)
         };
         Event {
             outcome,

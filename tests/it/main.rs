@@ -11,6 +11,7 @@ mod observability;
 mod reload;
 mod server;
 mod sinks;
+mod state;
 mod stats;
 mod support;
 mod tracking;
