@@ -15,6 +15,7 @@ pub mod auction;
 pub mod campaigns;
 pub mod config;
 pub mod decision;
+pub mod delivery;
 pub mod file_watch;
 pub mod http;
 pub mod metrics;
