@@ -108,6 +108,8 @@ pub struct Pacer {
     probability: f64,
     /// Updates so far in which spend came in (counted up to [`MIN_SPENDS`]).
     spends: u32,
+    /// Average spend of an update that brought spend (micros), once one did.
+    usual_spend: Option<f64>,
     /// Weighted sum of the spend that came in (micros; refunds count negative).
     spend_sum: f64,
     /// Weighted sum of probability × expected traffic (shares of a day), same weights.
@@ -135,6 +137,7 @@ impl Pacer {
             last_spent: 0,
             probability: START_PROBABILITY,
             spends: 0,
+            usual_spend: None,
             spend_sum: 0.0,
             participation_sum: 0.0,
             capacity: None,
@@ -211,8 +214,12 @@ impl Pacer {
     /// Step 2: folds `seconds` of answered probability over `traffic` (the share of a day's
     /// traffic the curve expected meanwhile) and the spend that came in into the capacity.
     fn observe(&mut self, seconds: i64, spend: f64, traffic: f64) {
+        // A usual update with spend moves the window on by 1/RATE_WINDOW_SPENDS; one that brought
+        // k times the usual spend by k times that (a surge is believed within seconds).
         let forget = if spend > 0.0 {
-            1.0 / RATE_WINDOW_SPENDS
+            let size = *self.usual_spend.get_or_insert(spend);
+            self.usual_spend = Some(size + (spend - size) / RATE_WINDOW_SPENDS);
+            (spend / size / RATE_WINDOW_SPENDS).min(1.0)
         } else {
             0.0
         };

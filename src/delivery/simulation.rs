@@ -421,7 +421,7 @@ pub fn cases(seed: u64) -> Vec<Case> {
         ..base.clone()
     };
     let tight = Scenario {
-        daily_budget: 600_000_000,
+        daily_budget: 1_000_000_000,
         ..base.clone()
     };
     let spike = Scenario {
@@ -468,8 +468,8 @@ pub fn cases(seed: u64) -> Vec<Case> {
         case("evening", &base, History::PreviousDay),
         case("office", &office, History::None),
         case("office", &office, History::PreviousDay),
-        case("tight budget (capacity 3.9x)", &tight, History::None),
-        case("tight budget (capacity 3.9x)", &tight, History::PreviousDay),
+        case("tight budget (capacity 2.3x)", &tight, History::None),
+        case("tight budget (capacity 2.3x)", &tight, History::PreviousDay),
         case("spike x4 14:00-15:30", &spike, History::None),
         case("spike x4 14:00-15:30", &spike, History::PreviousDay),
         case("dip x0.05 19:00-21:00", &dip, History::None),
@@ -544,194 +544,121 @@ fn binomial(rng: &mut Rng, n: u64, p: f64) -> u64 {
 mod tests {
     use super::*;
 
-    /// Runs `scenario`, asserts the issue's targets and returns the outcome.
-    fn assert_targets(name: &str, scenario: &Scenario, curve: &TrafficCurve) -> Outcome {
-        let outcome = scenario.run(curve);
-        let missed = outcome.missed_targets();
-        assert!(
-            missed.is_empty(),
-            "{name} (seed {}): {missed:?}; spend {:.4} of the budget, hours {:.2?}",
-            scenario.seed,
-            outcome.spend_ratio(),
-            outcome.hour_ratios()
-        );
-        outcome
+    /// Runs every case of [`cases`] with `seed`, asserts the issue's targets on each day and
+    /// returns the outcomes.
+    fn assert_every_case_meets_the_targets(seed: u64) -> Vec<(Case, Outcome)> {
+        cases(seed)
+            .into_iter()
+            .map(|case| {
+                let outcome = case.run();
+                let missed = outcome.missed_targets();
+                assert!(
+                    missed.is_empty(),
+                    "{} ({:?}, seed {seed}): {missed:?}; spend {:.4} of the budget, hours {:.2?}",
+                    case.name,
+                    case.history,
+                    outcome.spend_ratio(),
+                    outcome.hour_ratios()
+                );
+                (case, outcome)
+            })
+            .collect()
+    }
+
+    // Issue 11, item 5: every shape and surprise, with and without history, over three seeds
+    // (one test each, so they run in parallel). Seed 1 also checks that each case shows what
+    // its name says.
+    #[test]
+    fn every_case_meets_the_targets_seed_1() {
+        let outcomes = assert_every_case_meets_the_targets(1);
+        let find = |name: &str, history| {
+            outcomes
+                .iter()
+                .find(|(c, _)| c.name.starts_with(name) && c.history == history)
+                .map(|(_, outcome)| outcome)
+                .unwrap_or_else(|| panic!("no case {name}"))
+        };
+        // Day two's curve, learned from day one's requests, gives the evening (or office hours)
+        // several times the budget of the night; without history every hour has 1/24.
+        for (name, busiest) in [("evening", 21), ("office", 10)] {
+            let shares = &find(name, History::PreviousDay).hourly_share;
+            assert!(shares[busiest] > 3.0 * shares[4], "{name}: {shares:?}");
+            let flat = &find(name, History::None).hourly_share;
+            assert!(flat.iter().all(|s| (s - 1.0 / 24.0).abs() < 1e-9));
+        }
+        // With only 2.3× the budget in traffic the night cannot carry the flat plan: the
+        // deficit is made up later.
+        let tight = find("tight", History::None).hour_ratios();
+        assert!(tight[4] < 0.9 && tight[12] > 1.02, "{tight:.2?}");
+        // The dip left a hole the pacer had to make up.
+        let dip = find("dip", History::PreviousDay).hour_ratios();
+        assert!(dip[20] < 0.9 && dip[22] > 1.05, "{dip:.2?}");
+        // The day the clocks go back has 25 hours.
+        assert_eq!(find("25-hour", History::PreviousDay).hourly_spend.len(), 25);
     }
 
     #[test]
-    fn the_same_seed_gives_the_same_day() {
-        let scenario = Scenario::new(7);
-        let a = scenario.run(&TrafficCurve::flat());
-        assert_eq!(a, scenario.run(&TrafficCurve::flat()));
-        assert_ne!(a, Scenario::new(8).run(&TrafficCurve::flat()));
+    fn every_case_meets_the_targets_seed_2() {
+        assert_every_case_meets_the_targets(2);
+    }
+
+    #[test]
+    fn every_case_meets_the_targets_seed_3() {
+        assert_every_case_meets_the_targets(3);
+    }
+
+    #[test]
+    fn same_seed_same_day_and_asap_spends_early() {
+        let even = Scenario::new(51);
+        let asap = Scenario {
+            pacing: Pacing::Asap,
+            ..even.clone()
+        };
+        let flat = TrafficCurve::flat();
+        let (first, again, fast) = (even.run(&flat), even.run(&flat), asap.run(&flat));
+        assert_eq!(first, again);
         // The traffic does not depend on the pacing.
-        let asap = Scenario {
-            pacing: Pacing::Asap,
-            ..scenario
-        };
-        assert_eq!(
-            a.requests_per_minute,
-            asap.run(&TrafficCurve::flat()).requests_per_minute
-        );
+        assert_eq!(first.requests_per_minute, fast.requests_per_minute);
+        assert!(first.exhausted_at.is_none_or(|at| at > 23 * HOUR));
+        let exhausted = fast.exhausted_at.unwrap_or(i64::MAX);
+        assert!(exhausted < 12 * HOUR, "asap exhausted at {exhausted} s");
+        assert!(fast.max_hour_ratio() > MAX_HOUR_RATIO);
+        assert!(fast.spend_ratio() >= 1.0);
     }
 
     #[test]
-    fn day_one_without_history_meets_the_targets() {
-        let flat = TrafficCurve::flat();
-        for seed in [1, 2, 3] {
-            assert_targets("evening", &Scenario::new(seed), &flat);
-        }
-        let office = Scenario {
-            shape: Shape::Office,
-            ..Scenario::new(4)
-        };
-        assert_targets("office", &office, &flat);
-        // Only 4× the budget in traffic: the flat plan cannot be met at night, the deficit is
-        // made up later without crowding any hour.
-        let tight = Scenario {
-            daily_budget: 600_000_000,
-            ..Scenario::new(5)
-        };
-        assert!(tight.capacity() < 4.0);
-        assert_targets("tight", &tight, &flat);
-    }
-
-    #[test]
-    fn day_two_with_the_curve_learned_from_day_one_meets_the_targets() {
-        for (seed, shape) in [(11, Shape::Evening), (12, Shape::Office)] {
-            let day_one = Scenario {
-                shape,
-                ..Scenario::new(seed)
-            };
-            let history = day_one.run(&TrafficCurve::flat()).requests_per_minute;
-            let learned = TrafficCurve::from_requests(&history);
-            let day_two = Scenario {
-                day_start: day_one.day_end,
-                day_end: day_one.day_end + 24 * HOUR,
-                seed: seed + 100,
-                ..day_one
-            };
-            let outcome = assert_targets("day two", &day_two, &learned);
-            // The learned curve is the traffic's shape: the evening (or office hours) gets more
-            // budget than the night.
-            let shares = &outcome.hourly_share;
-            let busiest = if shape == Shape::Evening { 21 } else { 10 };
-            assert!(shares[busiest] > 3.0 * shares[4], "{shares:?}");
-        }
-    }
-
-    #[test]
-    fn surprises_the_curve_did_not_predict_meet_the_targets() {
-        let flat = TrafficCurve::flat();
-        let history = Scenario::new(21).run(&flat).requests_per_minute;
-        let learned = TrafficCurve::from_requests(&history);
-        let spike = Scenario {
-            surprise: Some(Surprise {
-                start_hour: 14.0,
-                hours: 1.5,
-                factor: 4.0,
-            }),
-            ..Scenario::new(22)
-        };
-        assert_targets("spike", &spike, &learned);
-        assert_targets("spike, no history", &spike, &flat);
-        let dip = Scenario {
-            surprise: Some(Surprise {
-                start_hour: 19.0,
-                hours: 2.0,
-                factor: 0.05,
-            }),
-            ..Scenario::new(23)
-        };
-        let outcome = assert_targets("dip", &dip, &learned);
-        // The dip really left a hole the pacer had to make up.
-        assert!(
-            outcome.hour_ratios()[20] < 0.7,
-            "{:.2?}",
-            outcome.hour_ratios()
-        );
-    }
-
-    #[test]
-    fn days_in_other_time_zones_meet_the_targets() {
-        // New York's budget day (05:00 UTC) and audience; then 2026-11-01, which has 25 hours
-        // there (the clocks go back).
-        let new_york = Scenario {
-            day_start: DEFAULT_DAY + 5 * HOUR,
-            day_end: DEFAULT_DAY + 29 * HOUR,
-            utc_offset_hours: -5.0,
-            ..Scenario::new(31)
-        };
-        let history = new_york.run(&TrafficCurve::flat()).requests_per_minute;
-        let learned = TrafficCurve::from_requests(&history);
-        assert_targets("new york", &new_york, &learned);
-        let long_day = Scenario {
-            day_start: 1_793_505_600, // 2026-11-01T04:00:00Z
-            day_end: 1_793_505_600 + 25 * HOUR,
-            ..new_york
-        };
-        let outcome = assert_targets("25 hours", &long_day, &learned);
-        assert_eq!(outcome.hourly_spend.len(), 25);
-    }
-
-    #[test]
-    fn cpc_campaigns_meet_the_targets() {
-        // Clicks: 2 % of decisions, 0.50 each, up to two minutes late; a budget of 1,000.00
-        // (2,000 clicks a day).
-        let cpc = Scenario {
-            event_rate: 0.02,
-            event_cost: 500_000,
-            max_delay_secs: 120,
-            daily_budget: 1_000_000_000,
-            ..Scenario::new(41)
-        };
-        assert_targets("cpc", &cpc, &TrafficCurve::flat());
-    }
-
-    #[test]
-    fn asap_spends_early() {
-        let asap = Scenario {
-            pacing: Pacing::Asap,
-            ..Scenario::new(51)
-        };
-        let outcome = asap.run(&TrafficCurve::flat());
-        let exhausted = outcome.exhausted_at.unwrap_or(i64::MAX);
-        assert!(exhausted < 12 * HOUR, "exhausted at {exhausted} s");
-        assert!(outcome.max_hour_ratio() > MAX_HOUR_RATIO);
-        assert!(outcome.spend_ratio() >= 1.0);
-    }
-}
-#[cfg(test)]
-mod explore {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn explore() {
-        let n: u64 = std::env::var("SEEDS")
-            .map(|s| s.parse().unwrap())
-            .unwrap_or(10);
-        for which in 0..cases(0).len() {
-            let mut lo = f64::MAX;
-            let mut hi: f64 = 0.0;
-            let mut hr: f64 = 0.0;
-            let mut whr = (0, 0);
-            for seed in 1..=n {
-                let case = cases(seed).swap_remove(which);
-                let o = case.run();
-                lo = lo.min(o.spend_ratio());
-                hi = hi.max(o.spend_ratio());
-                for (h, r) in o.hour_ratios().into_iter().enumerate() {
-                    if r > hr {
-                        hr = r;
-                        whr = (seed, h);
-                    }
-                }
-            }
-            let c = &cases(1)[which];
-            println!(
-                "{:40} {:?} {:.4}-{:.4} hour {:.2} at {:?}",
-                c.name, c.history, lo, hi, hr, whr
+    fn random_draws_have_the_right_mean_and_spread() {
+        let mut rng = Rng::with_seed(1);
+        for (n, p) in [(50, 0.03), (200, 0.7), (5000, 0.001), (5000, 0.3)] {
+            let draws: Vec<f64> = (0..20_000)
+                .map(|_| binomial(&mut rng, n, p) as f64)
+                .collect();
+            let (mean, variance) = moments(&draws);
+            let (m, v) = (n as f64 * p, n as f64 * p * (1.0 - p));
+            assert!(
+                (mean - m).abs() < 0.03 * m,
+                "binomial({n}, {p}): mean {mean}"
+            );
+            assert!(
+                (variance - v).abs() < 0.1 * v,
+                "binomial({n}, {p}): var {variance}"
             );
         }
+        for m in [0.5, 12.0, 400.0] {
+            let draws: Vec<f64> = (0..20_000).map(|_| poisson(&mut rng, m) as f64).collect();
+            let (mean, variance) = moments(&draws);
+            assert!((mean - m).abs() < 0.03 * m, "poisson({m}): mean {mean}");
+            assert!(
+                (variance - m).abs() < 0.1 * m,
+                "poisson({m}): var {variance}"
+            );
+        }
+    }
+
+    fn moments(draws: &[f64]) -> (f64, f64) {
+        let n = draws.len() as f64;
+        let mean = draws.iter().sum::<f64>() / n;
+        let variance = draws.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / n;
+        (mean, variance)
     }
 }
