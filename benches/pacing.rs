@@ -33,6 +33,7 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     hour_by_hour();
+    capacity_sweep();
     if std::env::args().any(|a| a == "--skip-timing") {
         return;
     }
@@ -158,6 +159,54 @@ fn hour_by_hour() {
         exhausted(&even),
         exhausted(&learned),
     );
+}
+
+/// Where the targets stop holding: the evening day with budgets that full participation could
+/// spend only `c` times over (seeds 1 to 5).
+fn capacity_sweep() {
+    println!("\nHow much traffic the targets need (evening shape, seeds 1..=5):\n");
+    println!(
+        "| capacity | curve | daily spend / budget (min – max) | worst hour / share | days meeting all targets |"
+    );
+    println!("|---:|---|---:|---:|---:|");
+    for capacity in [1.2, 1.5, 2.0, 3.0] {
+        for history in [History::None, History::PreviousDay] {
+            let outcomes: Vec<Outcome> = (1..=5)
+                .map(|seed| {
+                    let base = Scenario::new(seed);
+                    let daily = base.capacity() * base.daily_budget as f64 / capacity;
+                    Case {
+                        name: "capacity",
+                        scenario: Scenario {
+                            daily_budget: daily as u64,
+                            ..base
+                        },
+                        history,
+                    }
+                    .run()
+                })
+                .collect();
+            let ratios: Vec<f64> = outcomes.iter().map(Outcome::spend_ratio).collect();
+            println!(
+                "| {capacity:.1}x | {} | {:.2} % – {:.2} % | {:.2}x | {}/{} |",
+                match history {
+                    History::None => "flat",
+                    History::PreviousDay => "learned",
+                },
+                ratios.iter().copied().fold(f64::INFINITY, f64::min) * 100.0,
+                ratios.iter().copied().fold(0.0, f64::max) * 100.0,
+                outcomes
+                    .iter()
+                    .map(Outcome::max_hour_ratio)
+                    .fold(0.0, f64::max),
+                outcomes
+                    .iter()
+                    .filter(|o| o.missed_targets().is_empty())
+                    .count(),
+                outcomes.len()
+            );
+        }
+    }
 }
 
 /// The cost of one `Pacer::update` (once a second per paced campaign on the ticker).

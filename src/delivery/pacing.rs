@@ -19,18 +19,23 @@
 //!    not known in advance: it depends on the traffic right now, on the competition, on how many
 //!    decisions become counted impressions. The pacer measures it: the spend that came in, divided
 //!    by the probability it had answered times the traffic the curve expected meanwhile, averaged
-//!    over the last sixty or so updates that brought spend ([`RATE_WINDOW_SPENDS`]; about a
-//!    minute for a busy campaign, longer for rare clicks). The result is the campaign's
-//!    *capacity*: what full participation would spend over a whole day's traffic. Then
-//!    `p` = pace / capacity, between 0 and 1. When the traffic follows the curve the capacity stays
-//!    put and so does `p`; when traffic surges beyond what the curve predicted, the measured
-//!    capacity goes up and `p` down within a minute or two; when traffic dips, `p` goes up (at
-//!    most to 1).
+//!    over the last sixty or so updates that brought spend ([`CAPACITY_WINDOW_SPENDS`]; about a
+//!    minute for a busy campaign, longer for rare clicks, so the average always rests on enough
+//!    events; an update that brings k times the usual spend counts as k of them). The result is
+//!    the campaign's *capacity*: what full participation would spend over a whole day's traffic.
+//!    Then `p` = pace / capacity, between 0 and 1. When the traffic follows the curve the
+//!    capacity stays put and so does `p`; when traffic surges beyond what the curve predicted,
+//!    the measured capacity goes up and `p` down within seconds; when traffic dips, `p` goes up
+//!    (at most to 1).
 //! 3. **Limits.** Catching up never asks for more than [`MAX_CATCH_UP`] times the day's planned
 //!    pace, so a deficit never crowds into one hour; once the daily budget is spent, `p` is 0.
 //!    Until the capacity is measured, `p` starts low and doubles every [`RAMP_SECS`]: spend
 //!    arrives late, and a campaign taking part in everything until the first bill came in would
 //!    overspend for as long as the delay.
+//!
+//! Several nodes pacing one campaign each run a pacer and pass it the campaign's total spend:
+//! each measures the total spend per unit of its own probability, so they settle on the same
+//! probability, whatever their share of the traffic.
 //!
 //! In control terms: a feedforward gain (spend per unit of probability and expected traffic)
 //! estimated online, and a proportional correction of the cumulative error whose gain grows as the
@@ -45,15 +50,16 @@ use crate::campaigns::Micros;
 use super::curve::TrafficCurve;
 
 /// The measured capacity averages over about this many updates in which spend came in (an
-/// exponentially weighted average that moves on with each of them): about a minute when spend
-/// comes in every second, longer when it comes in rarely (clicks), so the average always rests on
-/// some sixty events. Averaging over a fixed time instead would rest on a handful of clicks at
-/// night, and a capacity measured too low (no click lately) means a flood.
-pub const RATE_WINDOW_SPENDS: f64 = 60.0;
+/// exponentially weighted average that moves on with each of them, by k steps for an update that
+/// brought k times the usual spend): about a minute when spend comes in every second, longer when
+/// it comes in rarely (clicks), so the average always rests on some sixty events. Averaging over
+/// a fixed time instead would rest on a handful of clicks at night, and a capacity measured too
+/// low (no click lately) means a flood.
+pub const CAPACITY_WINDOW_SPENDS: f64 = 60.0;
 
 /// ... but never over more than this many seconds, so old traffic is forgotten even when spend
 /// is rare.
-pub const MAX_RATE_WINDOW_SECS: f64 = 3600.0;
+pub const MAX_CAPACITY_WINDOW_SECS: f64 = 3600.0;
 
 /// Updates with spend before the measured capacity is trusted.
 pub const MIN_SPENDS: u32 = 3;
@@ -214,16 +220,16 @@ impl Pacer {
     /// Step 2: folds `seconds` of answered probability over `traffic` (the share of a day's
     /// traffic the curve expected meanwhile) and the spend that came in into the capacity.
     fn observe(&mut self, seconds: i64, spend: f64, traffic: f64) {
-        // A usual update with spend moves the window on by 1/RATE_WINDOW_SPENDS; one that brought
+        // A usual update with spend moves the window on by 1/CAPACITY_WINDOW_SPENDS; one that brought
         // k times the usual spend by k times that (a surge is believed within seconds).
         let forget = if spend > 0.0 {
             let size = *self.usual_spend.get_or_insert(spend);
-            self.usual_spend = Some(size + (spend - size) / RATE_WINDOW_SPENDS);
-            (spend / size / RATE_WINDOW_SPENDS).min(1.0)
+            self.usual_spend = Some(size + (spend - size) / CAPACITY_WINDOW_SPENDS);
+            (spend / size / CAPACITY_WINDOW_SPENDS).min(1.0)
         } else {
             0.0
         };
-        let decay = (-forget.max(seconds as f64 / MAX_RATE_WINDOW_SECS)).exp();
+        let decay = (-forget.max(seconds as f64 / MAX_CAPACITY_WINDOW_SECS)).exp();
         self.spend_sum = self.spend_sum * decay + spend;
         self.participation_sum = self.participation_sum * decay + self.probability * traffic;
         if spend > 0.0 && self.spends < MIN_SPENDS {

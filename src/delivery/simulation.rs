@@ -46,6 +46,12 @@ pub const MAX_HOUR_RATIO: f64 = 1.5;
 /// Seconds in an hour.
 const HOUR: i64 = 3600;
 
+/// Mixed into the seed for the decisions' random numbers (the traffic uses the seed itself).
+const DECISIONS_STREAM: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// Mixed into the seed of the simulated previous day a learned curve comes from.
+const PREVIOUS_DAY_STREAM: u64 = 0x5eed_0f00_da75;
+
 /// Correlation time of the traffic's slow wander, minutes.
 const WANDER_MINUTES: f64 = 30.0;
 
@@ -148,6 +154,10 @@ pub struct Scenario {
     pub max_delay_secs: u32,
     /// Even (the [`Pacer`]) or as soon as possible (take part until the budget is spent).
     pub pacing: Pacing,
+    /// The rotator nodes serving the traffic, as their relative shares of it (`[1.0]`: one
+    /// node). Each node runs its own [`Pacer`] and sees the campaign's total spend, as it reads
+    /// it from the shared state.
+    pub nodes: Vec<f64>,
 }
 
 impl Scenario {
@@ -171,6 +181,7 @@ impl Scenario {
             event_cost: 2000,
             max_delay_secs: 10,
             pacing: Pacing::Even,
+            nodes: vec![1.0],
         }
     }
 
@@ -196,7 +207,7 @@ impl Scenario {
             .collect();
 
         let mut traffic = Rng::with_seed(self.seed);
-        let mut chance = Rng::with_seed(self.seed ^ 0x9e37_79b9_7f4a_7c15);
+        let mut chance = Rng::with_seed(self.seed ^ DECISIONS_STREAM);
         let intensity = self.shape.per_minute();
         let persistence = (-1.0 / WANDER_MINUTES).exp();
         let step = self.noise * (1.0 - persistence * persistence).sqrt();
@@ -207,7 +218,8 @@ impl Scenario {
             (from, from + (s.hours * HOUR as f64) as i64, s.factor)
         });
 
-        let mut pacer = Pacer::new();
+        let mut pacers: Vec<Pacer> = self.nodes.iter().map(|_| Pacer::new()).collect();
+        let total_weight: f64 = self.nodes.iter().sum();
         // Spend on its way, by arrival second modulo the ring's length.
         let ring = i64::from(max_delay) + 1;
         let mut arriving = vec![0 as Micros; ring as usize];
@@ -257,14 +269,25 @@ impl Scenario {
             out.requests += requests;
             out.requests_per_minute[(now.rem_euclid(24 * HOUR) / 60) as usize] += requests;
 
-            // 3. Taking part and winning.
-            let p = match self.pacing {
-                Pacing::Even => pacer.update(curve, now, day_start, day_end, daily, out.spent),
-                Pacing::Asap if out.spent < daily => 1.0,
-                Pacing::Asap => 0.0,
-            };
-            out.participation += p * requests as f64;
-            let decisions = binomial(&mut chance, requests, p * self.win_rate);
+            // 3. Taking part and winning, on each node.
+            let mut decisions = 0;
+            let (mut unassigned, mut weight_left) = (requests, total_weight);
+            for (pacer, weight) in pacers.iter_mut().zip(&self.nodes) {
+                let served = if weight_left <= *weight {
+                    unassigned
+                } else {
+                    binomial(&mut chance, unassigned, weight / weight_left)
+                };
+                unassigned -= served;
+                weight_left -= weight;
+                let p = match self.pacing {
+                    Pacing::Even => pacer.update(curve, now, day_start, day_end, daily, out.spent),
+                    Pacing::Asap if out.spent < daily => 1.0,
+                    Pacing::Asap => 0.0,
+                };
+                out.participation += p * served as f64;
+                decisions += binomial(&mut chance, served, p * self.win_rate);
+            }
             out.decisions += decisions;
 
             // 4. Charged events, arriving later.
@@ -392,7 +415,7 @@ impl Case {
             History::PreviousDay => {
                 let day = &self.scenario;
                 let previous = Scenario {
-                    seed: day.seed ^ 0x5eed_0f_da7,
+                    seed: day.seed ^ PREVIOUS_DAY_STREAM,
                     day_start: day.day_start - 24 * HOUR,
                     day_end: day.day_start,
                     surprise: None,
@@ -413,7 +436,8 @@ impl Case {
 
 /// The days the pacing test and benchmark run, with random numbers from `seed`: two daily shapes
 /// with and without history, a budget that the night's traffic cannot carry, a spike and a dip
-/// the curve did not predict, a day in New York and one of 25 hours, a cpc campaign.
+/// the curve did not predict, a day in New York and one of 25 hours, three nodes pacing one
+/// campaign, a cpc campaign.
 pub fn cases(seed: u64) -> Vec<Case> {
     let base = Scenario::new(seed);
     let office = Scenario {
@@ -451,6 +475,10 @@ pub fn cases(seed: u64) -> Vec<Case> {
         day_end: DST_END_DAY + 25 * HOUR,
         ..new_york.clone()
     };
+    let nodes = Scenario {
+        nodes: vec![1.0, 2.0, 3.0],
+        ..base.clone()
+    };
     let cpc = Scenario {
         event_rate: 0.02,
         event_cost: 500_000,
@@ -476,6 +504,8 @@ pub fn cases(seed: u64) -> Vec<Case> {
         case("dip x0.05 19:00-21:00", &dip, History::PreviousDay),
         case("New York day", &new_york, History::PreviousDay),
         case("25-hour day (DST ends)", &long_day, History::PreviousDay),
+        case("3 nodes, traffic 1:2:3", &nodes, History::None),
+        case("3 nodes, traffic 1:2:3", &nodes, History::PreviousDay),
         case("cpc, clicks up to 2 min late", &cpc, History::None),
         case("cpc, clicks up to 2 min late", &cpc, History::PreviousDay),
     ]
