@@ -193,6 +193,17 @@ impl Scenario {
             / self.daily_budget as f64
     }
 
+    /// The day's requests per UTC minute-of-day, without running the campaign (the same as
+    /// [`Outcome::requests_per_minute`] of [`Scenario::run`]).
+    pub fn requests_per_minute(&self) -> Vec<u64> {
+        let mut traffic = Traffic::new(self);
+        let mut per_minute = vec![0; MINUTES];
+        for now in self.day_start..self.day_end {
+            per_minute[(now.rem_euclid(24 * HOUR) / 60) as usize] += traffic.next(now);
+        }
+        per_minute
+    }
+
     /// Runs the day with `curve` as the pacer's expected traffic (and as the measure of each
     /// hour's share).
     pub fn run(&self, curve: &TrafficCurve) -> Outcome {
@@ -206,25 +217,15 @@ impl Scenario {
             })
             .collect();
 
-        let mut traffic = Rng::with_seed(self.seed);
+        let mut traffic = Traffic::new(self);
         let mut chance = Rng::with_seed(self.seed ^ DECISIONS_STREAM);
-        let intensity = self.shape.per_minute();
-        let persistence = (-1.0 / WANDER_MINUTES).exp();
-        let step = self.noise * (1.0 - persistence * persistence).sqrt();
-        let offset = (self.utc_offset_hours * HOUR as f64) as i64;
         let max_delay = self.max_delay_secs.max(1);
-        let surprise = self.surprise.map(|s| {
-            let from = day_start + (s.start_hour * HOUR as f64) as i64;
-            (from, from + (s.hours * HOUR as f64) as i64, s.factor)
-        });
 
         let mut pacers: Vec<Pacer> = self.nodes.iter().map(|_| Pacer::new()).collect();
         let total_weight: f64 = self.nodes.iter().sum();
         // Spend on its way, by arrival second modulo the ring's length.
         let ring = i64::from(max_delay) + 1;
         let mut arriving = vec![0 as Micros; ring as usize];
-        let mut wander = 0.0;
-        let mut level = 1.0;
         let mut out = Outcome {
             daily_budget: daily,
             spent: 0,
@@ -254,18 +255,7 @@ impl Scenario {
             }
 
             // 2. Requests.
-            if (now - day_start) % 60 == 0 {
-                wander = persistence * wander + step * normal(&mut traffic);
-                level = (wander - self.noise * self.noise / 2.0).exp();
-            }
-            let local_minute = ((now + offset).rem_euclid(24 * HOUR) / 60) as usize;
-            let mut mean = self.mean_rps * intensity[local_minute] * level;
-            if let Some((from, to, factor)) = surprise
-                && (from..to).contains(&now)
-            {
-                mean *= factor;
-            }
-            let requests = poisson(&mut traffic, mean);
+            let requests = traffic.next(now);
             out.requests += requests;
             out.requests_per_minute[(now.rem_euclid(24 * HOUR) / 60) as usize] += requests;
 
@@ -308,6 +298,72 @@ impl Scenario {
             out.participation /= out.requests as f64;
         }
         out
+    }
+}
+
+/// The requests of a simulated day, second by second.
+struct Traffic {
+    /// Random numbers of the traffic alone, so the same seed gives the same requests whatever the
+    /// pacing.
+    rng: Rng,
+    /// The day's start (the wander moves on at each of its minutes).
+    day_start: i64,
+    /// Average requests per second.
+    mean_rps: f64,
+    /// The shape's intensity per local minute of the day (average 1).
+    intensity: Vec<f64>,
+    /// Seconds to add to UTC for the audience's local time.
+    offset: i64,
+    /// Relative size of the wander.
+    noise: f64,
+    /// How much of the wander carries over from one minute to the next.
+    persistence: f64,
+    /// Size of the wander's step per minute.
+    step: f64,
+    /// The wander now (logarithm of the traffic multiplier).
+    wander: f64,
+    /// The traffic multiplier it gives (average 1).
+    level: f64,
+    /// The surprise: from, to (Unix seconds), multiplier.
+    surprise: Option<(i64, i64, f64)>,
+}
+
+impl Traffic {
+    fn new(scenario: &Scenario) -> Traffic {
+        let persistence = (-1.0 / WANDER_MINUTES).exp();
+        let day_start = scenario.day_start;
+        Traffic {
+            rng: Rng::with_seed(scenario.seed),
+            day_start,
+            mean_rps: scenario.mean_rps,
+            intensity: scenario.shape.per_minute(),
+            offset: (scenario.utc_offset_hours * HOUR as f64) as i64,
+            noise: scenario.noise,
+            persistence,
+            step: scenario.noise * (1.0 - persistence * persistence).sqrt(),
+            wander: 0.0,
+            level: 1.0,
+            surprise: scenario.surprise.map(|s| {
+                let from = day_start + (s.start_hour * HOUR as f64) as i64;
+                (from, from + (s.hours * HOUR as f64) as i64, s.factor)
+            }),
+        }
+    }
+
+    /// The requests in second `now` (called for each second of the day in order).
+    fn next(&mut self, now: i64) -> u64 {
+        if (now - self.day_start) % 60 == 0 {
+            self.wander = self.persistence * self.wander + self.step * normal(&mut self.rng);
+            self.level = (self.wander - self.noise * self.noise / 2.0).exp();
+        }
+        let local_minute = ((now + self.offset).rem_euclid(24 * HOUR) / 60) as usize;
+        let mut mean = self.mean_rps * self.intensity[local_minute] * self.level;
+        if let Some((from, to, factor)) = self.surprise
+            && (from..to).contains(&now)
+        {
+            mean *= factor;
+        }
+        poisson(&mut self.rng, mean)
     }
 }
 
@@ -421,9 +477,7 @@ impl Case {
                     surprise: None,
                     ..day.clone()
                 };
-                TrafficCurve::from_requests(
-                    &previous.run(&TrafficCurve::flat()).requests_per_minute,
-                )
+                TrafficCurve::from_requests(&previous.requests_per_minute())
             }
         }
     }
@@ -517,12 +571,12 @@ fn normal(rng: &mut Rng) -> f64 {
     (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * rng.f64()).cos()
 }
 
-/// A Poisson draw of mean `mean`: exact (Knuth) below 30, the normal approximation above.
+/// A Poisson draw of mean `mean`: exact (Knuth) below 10, the normal approximation above.
 fn poisson(rng: &mut Rng, mean: f64) -> u64 {
     if mean <= 0.0 {
         return 0;
     }
-    if mean < 30.0 {
+    if mean < 10.0 {
         let limit = (-mean).exp();
         let mut product = rng.f64();
         let mut count = 0;
@@ -649,6 +703,7 @@ mod tests {
         assert_eq!(first, again);
         // The traffic does not depend on the pacing.
         assert_eq!(first.requests_per_minute, fast.requests_per_minute);
+        assert_eq!(first.requests_per_minute, even.requests_per_minute());
         assert!(first.exhausted_at.is_none_or(|at| at > 23 * HOUR));
         let exhausted = fast.exhausted_at.unwrap_or(i64::MAX);
         assert!(exhausted < 12 * HOUR, "asap exhausted at {exhausted} s");
