@@ -137,7 +137,8 @@
     fetch(origin + '/v1/decisions', {
       method: 'POST',
       mode: 'cors',
-      credentials: 'omit',
+      /* The identity cookie of frequency caps (first-party to rotator's host). */
+      credentials: 'include',
       headers: { 'Content-Type': 'application/json' },
       body: JSON.stringify({ placements: asked, url: location.href, referrer: document.referrer })
     }).then(function (r) {

@@ -8,6 +8,7 @@ use std::hint::black_box;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Barrier};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -18,7 +19,9 @@ use hyper::header::{HeaderName, HeaderValue, USER_AGENT};
 use rotator::auction;
 use rotator::campaigns::{Catalogue, file};
 use rotator::config::{Config, TrackingConfig};
-use rotator::decision::Decider;
+use rotator::decision::{Decider, View};
+use rotator::delivery::identity::Who;
+use rotator::delivery::poll_once;
 use rotator::metrics::Metrics;
 use rotator::stats::aggregator::{Aggregator, RowKey, current_minute};
 use rotator::tracking::{Claims, EventKind, Seen, Signer, Tracker};
@@ -170,10 +173,10 @@ fn fixture() -> Fixture {
     }
 }
 
-fn decider(f: &Fixture, campaigns: usize, stats: Option<Arc<Aggregator>>) -> Decider {
+fn decider(f: &Fixture, campaigns: usize, stats: Option<Arc<Aggregator>>) -> Arc<Decider> {
     let handle = Arc::new(ArcSwap::from_pointee(catalogue(campaigns)));
     // The serving defaults: trusted proxies include 127.0.0.0/8, so X-Forwarded-For counts.
-    Decider::new(
+    let decider = Decider::new(
         &Config::default(),
         f.geoip.clone(),
         f.agents.clone(),
@@ -181,7 +184,8 @@ fn decider(f: &Fixture, campaigns: usize, stats: Option<Arc<Aggregator>>) -> Dec
         stats,
         Metrics::new(),
     )
-    .expect("default config")
+    .expect("default config");
+    Arc::new(decider)
 }
 
 /// Cycles through `items`, one per iteration.
@@ -302,7 +306,8 @@ fn bench_slots(c: &mut Criterion, f: &Fixture) {
     let d = decider(f, 1, None);
     let mut g = c.benchmark_group("slots");
     for n in [1_000, 10_000] {
-        let cat = catalogue_with_creatives(n);
+        let cat = Arc::new(catalogue_with_creatives(n));
+        let view = View::plain(cat.clone());
         let slots: Vec<usize> = ["top-banner", "sidebar", "text-link"]
             .iter()
             .map(|p| cat.placement(p).expect("placement"))
@@ -319,10 +324,12 @@ fn bench_slots(c: &mut Criterion, f: &Fixture) {
         let mut next = cycle(&visitors);
         g.bench_function(format!("campaigns_{n}_three_slots"), |b| {
             b.iter(|| {
-                d.decide_slots(&cat, black_box(next()), &slots)
-                    .iter()
-                    .filter(|w| w.is_some())
-                    .count()
+                let deciding = d.decide_slots(&view, black_box(next()), &slots, Who::default());
+                // Without delivery limits nothing waits: ready at the first poll.
+                match poll_once(std::pin::pin!(deciding)) {
+                    Poll::Ready(s) => s.wins.iter().filter(|w| w.is_some()).count(),
+                    Poll::Pending => unreachable!("no state backend is asked"),
+                }
             })
         });
     }

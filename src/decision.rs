@@ -7,7 +7,9 @@
 //! tag): one auction per placement among the campaigns with a creative that fits, then a
 //! creative of the winner by weight. `explain` and the benchmarks use the same pieces without HTTP.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use hyper::HeaderMap;
@@ -17,6 +19,9 @@ use serde::Serialize;
 use crate::auction::{self, Exclusion, Outcome};
 use crate::campaigns::{Campaign, Catalogue, CatalogueHandle, Creative, Placement};
 use crate::config::{Config, ConfigError, check_url};
+use crate::delivery::gate::{Candidate, Gate};
+use crate::delivery::identity::{Identity, Who};
+use crate::delivery::{Delivery, Settle};
 use crate::metrics::Metrics;
 use crate::stats::aggregator::{Aggregator, Counts, RowKey, current_minute};
 use crate::visitor::Visitor;
@@ -43,6 +48,10 @@ pub struct Decider {
     pub stats: Option<Arc<Aggregator>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Flights, budgets, pacing and caps; `None` ignores them (explain without state, benches).
+    pub delivery: Option<Arc<Delivery>>,
+    /// For `rotator explain --user`: the visitor's views counting now, by capped campaign id.
+    pub explain_views: std::collections::HashMap<u32, u32>,
 }
 
 /// What filled one ad slot.
@@ -54,6 +63,51 @@ pub struct SlotWin<'c> {
     pub creative: &'c Creative,
     /// The slot's placement.
     pub placement: &'c Placement,
+    /// The decision id its tracking URLs carry.
+    pub decision: [u8; 12],
+}
+
+/// What the redirect answers.
+#[derive(Debug, Clone)]
+pub struct AdAnswer {
+    /// Where the visitor is sent.
+    pub location: HeaderValue,
+    /// The identity cookie to set, on a first visit.
+    pub set_cookie: Option<HeaderValue>,
+}
+
+/// An answer now, or once the state backend replied (a capped campaign on Redis).
+pub enum Answer<T> {
+    /// Decided.
+    Now(T),
+    /// Deciding.
+    Later(Pin<Box<dyn Future<Output = T> + Send>>),
+}
+
+/// The slots of one request, decided.
+pub struct Slots<'c> {
+    /// One entry per slot asked, `None` when nothing filled it.
+    pub wins: Vec<Option<SlotWin<'c>>>,
+    /// The identity cookie to set, on a first visit.
+    pub set_cookie: Option<HeaderValue>,
+}
+
+/// A request's view of the campaigns: the catalogue, and the delivery gate over it when any
+/// campaign has a limit.
+pub struct View {
+    /// The campaigns.
+    pub catalogue: Arc<Catalogue>,
+    gate: Option<Arc<Gate>>,
+}
+
+impl View {
+    /// A view of `catalogue` without delivery limits (benchmarks, tests).
+    pub fn plain(catalogue: Arc<Catalogue>) -> View {
+        View {
+            catalogue,
+            gate: None,
+        }
+    }
 }
 
 /// What `rotator explain` prints for one visitor.
@@ -133,7 +187,35 @@ impl Decider {
             bots_win: config.server.bots_win,
             stats,
             metrics,
+            delivery: None,
+            explain_views: std::collections::HashMap::new(),
         })
+    }
+
+    /// The same decider enforcing `delivery`'s limits.
+    pub fn with_delivery(self, delivery: Arc<Delivery>) -> Decider {
+        Decider {
+            delivery: Some(delivery),
+            ..self
+        }
+    }
+
+    /// The campaigns a request decides over.
+    #[inline]
+    pub fn view(&self) -> View {
+        match &self.delivery {
+            Some(d) => {
+                let gate = d.gate();
+                View {
+                    catalogue: gate.catalogue.clone(),
+                    gate: gate.limited().then_some(gate),
+                }
+            }
+            None => View {
+                catalogue: self.catalogue.load_full(),
+                gate: None,
+            },
+        }
     }
 
     /// What is known about a visitor at `ip` with User-Agent `ua`.
@@ -147,47 +229,166 @@ impl Decider {
         (Visitor { ip, country, agent }, cache, geo_ok)
     }
 
-    /// Decides for one HTTP request and counts it; returns the `Location` to send.
+    /// Decides for one HTTP request and counts it: where to send the visitor. Answered at once
+    /// unless a capped campaign's view must be reserved in Redis.
     #[inline]
-    pub fn decide(&self, peer: IpAddr, headers: &HeaderMap) -> HeaderValue {
+    pub fn decide(self: &Arc<Self>, peer: IpAddr, headers: &HeaderMap) -> Answer<AdAnswer> {
         let ip = self.client_ip.client_ip(peer, headers);
         // Any UTF-8 agent is accepted (not only visible ASCII); anything else is "unknown".
         let ua = headers
             .get(USER_AGENT)
             .and_then(|v| std::str::from_utf8(v.as_bytes()).ok());
         let (visitor, cache, geo_ok) = self.visitor(ip, ua);
-        let catalogue = self.catalogue.load();
-        let outcome = auction::run(&catalogue, &visitor, self.bots_win);
-        self.record(&visitor, &outcome, cache, geo_ok);
-        match outcome {
-            Outcome::Won(c) => c.location.clone(),
-            Outcome::NoFill | Outcome::Bot => self.default_location.clone(),
+        let view = self.view();
+        let (Some(gate), Some(delivery)) = (&view.gate, &self.delivery) else {
+            let outcome = auction::run(&view.catalogue, &visitor, self.bots_win);
+            self.record(&visitor, &outcome, cache, geo_ok);
+            return Answer::Now(self.answer(&outcome, None));
+        };
+        if visitor.agent.is_bot() && !self.bots_win {
+            self.record(&visitor, &Outcome::Bot, cache, geo_ok);
+            return Answer::Now(self.answer(&Outcome::Bot, None));
+        }
+        let now = i64::from(crate::tracking::now());
+        let identity = self.identify(gate, delivery, Some(headers), None, ip, ua, now);
+        let candidates = self.candidates(gate, delivery, &visitor, None, &[], &identity, now);
+        let decision = crate::tracking::new_id();
+        let finish = move |this: &Decider, gate: &Gate, won: Option<Candidate>, cookie| {
+            let outcome = won
+                .and_then(|w| gate.catalogue.get(w.position))
+                .map_or(Outcome::NoFill, Outcome::Won);
+            this.record(&visitor, &outcome, cache, geo_ok);
+            this.answer(&outcome, cookie)
+        };
+        match delivery.settle(gate, candidates, &identity.keys, decision, now) {
+            Settle::Done(won) => Answer::Now(finish(self, gate, won, identity.set_cookie)),
+            Settle::Pending(reserving) => {
+                let (this, gate) = (self.clone(), gate.clone());
+                Answer::Later(Box::pin(async move {
+                    let won = reserving.await;
+                    finish(&this, &gate, won, identity.set_cookie)
+                }))
+            }
         }
     }
 
-    /// Runs one auction per slot (`placements` are positions in `catalogue`'s placements) for
-    /// `visitor`. A campaign that won a slot does not win another slot of the same request while
-    /// another eligible campaign exists. A bot fills no slot unless `bots_win`.
-    pub fn decide_slots<'c>(
+    fn answer(&self, outcome: &Outcome<'_>, set_cookie: Option<HeaderValue>) -> AdAnswer {
+        let location = match outcome {
+            Outcome::Won(c) => c.location.clone(),
+            Outcome::NoFill | Outcome::Bot => self.default_location.clone(),
+        };
+        AdAnswer {
+            location,
+            set_cookie,
+        }
+    }
+
+    /// The visitor's identity when a campaign of `gate` has a cap (else none is needed and no
+    /// cookie is set).
+    #[allow(clippy::too_many_arguments)]
+    fn identify(
         &self,
-        catalogue: &'c Catalogue,
+        gate: &Gate,
+        delivery: &Delivery,
+        headers: Option<&HeaderMap>,
+        user_key: Option<&str>,
+        ip: IpAddr,
+        ua: Option<&str>,
+        now: i64,
+    ) -> Identity {
+        if !gate.capped() {
+            return Identity::default();
+        }
+        let who = Who {
+            user_key,
+            headers,
+            ip: Some(ip),
+            ua,
+        };
+        delivery.identifier().identify(&who, now)
+    }
+
+    /// The auction under delivery limits (see [`Gate::candidates`]).
+    #[allow(clippy::too_many_arguments)]
+    fn candidates(
+        &self,
+        gate: &Gate,
+        delivery: &Delivery,
+        visitor: &Visitor,
+        placement: Option<usize>,
+        taken: &[usize],
+        identity: &Identity,
+        now: i64,
+    ) -> Vec<Candidate> {
+        gate.candidates(
+            visitor,
+            placement,
+            taken,
+            Some(&identity.keys),
+            delivery.no_identity(),
+            |campaign, keys| delivery.at_cap(campaign, keys, now),
+            |reason| self.metrics.observe_excluded(reason),
+        )
+    }
+
+    /// Runs one auction per slot (`placements` are positions in the view's placements) for
+    /// `visitor`. A campaign that won a slot does not win another slot of the same request while
+    /// another eligible campaign exists. A bot fills no slot unless `bots_win`. `who` identifies
+    /// the visitor for frequency caps.
+    pub async fn decide_slots<'c>(
+        &self,
+        view: &'c View,
         visitor: &Visitor,
         placements: &[usize],
-    ) -> Vec<Option<SlotWin<'c>>> {
+        who: Who<'_>,
+    ) -> Slots<'c> {
+        let catalogue = &*view.catalogue;
         let bot_refused = visitor.agent.is_bot() && !self.bots_win;
+        let now = i64::from(crate::tracking::now());
+        let limits = view.gate.as_ref().zip(self.delivery.as_ref());
+        let identity = match limits {
+            Some((gate, delivery)) if !bot_refused => self.identify(
+                gate,
+                delivery,
+                who.headers,
+                who.user_key,
+                visitor.ip,
+                who.ua,
+                now,
+            ),
+            _ => Identity::default(),
+        };
         let mut taken = Vec::with_capacity(placements.len());
-        placements
-            .iter()
-            .map(|&p| {
-                let placement = catalogue.placements().get(p)?;
-                if bot_refused {
-                    return None;
+        let mut wins = Vec::with_capacity(placements.len());
+        for &p in placements {
+            let Some(placement) = catalogue.placements().get(p).filter(|_| !bot_refused) else {
+                wins.push(None);
+                continue;
+            };
+            let decision = crate::tracking::new_id();
+            let position = match limits {
+                None => {
+                    let index = catalogue.index();
+                    let pick = |n| fastrand::usize(..n);
+                    index
+                        .best_in_placement(visitor, p, &taken, pick)
+                        .or_else(|| index.best_in_placement(visitor, p, &[], pick))
                 }
-                let index = catalogue.index();
-                let pick = |n| fastrand::usize(..n);
-                let position = index
-                    .best_in_placement(visitor, p, &taken, pick)
-                    .or_else(|| index.best_in_placement(visitor, p, &[], pick))?;
+                Some((gate, delivery)) => {
+                    let candidates =
+                        self.candidates(gate, delivery, visitor, Some(p), &taken, &identity, now);
+                    let won = match delivery.settle(gate, candidates, &identity.keys, decision, now)
+                    {
+                        Settle::Done(won) => won,
+                        Settle::Pending(reserving) => reserving.await,
+                    };
+                    if let Some(w) = &won {
+                        delivery.hold(gate, w, &identity.keys, decision, now);
+                    }
+                    won.map(|w| w.position)
+                }
+            };
+            let win = position.and_then(|position| {
                 taken.push(position);
                 let campaign = catalogue.get(position)?;
                 let creative = pick_creative(campaign, placement)?;
@@ -195,12 +396,19 @@ impl Decider {
                     campaign,
                     creative,
                     placement,
+                    decision,
                 })
-            })
-            .collect()
+            });
+            wins.push(win);
+        }
+        Slots {
+            wins,
+            set_cookie: identity.set_cookie,
+        }
     }
 
-    /// Counts one decision: one statistics row increment and the metrics.
+    /// Counts one decision: one statistics row increment (the redirect is the winner's
+    /// impression, with its cost) and the metrics.
     #[inline]
     pub fn record(
         &self,
@@ -209,12 +417,12 @@ impl Decider {
         cache: CacheOutcome,
         geo_ok: bool,
     ) {
-        let campaign_id = match outcome {
-            Outcome::Won(c) => c.id,
-            _ => 0,
+        let (campaign_id, spend, budgeted) = match outcome {
+            Outcome::Won(c) => (c.id, c.impression_cost(), c.delivery.budget.is_some()),
+            _ => (0, 0, false),
         };
         if let Some(stats) = &self.stats {
-            stats.record(RowKey {
+            let key = RowKey {
                 minute: current_minute(),
                 country: visitor.country,
                 os: visitor.agent.os,
@@ -223,7 +431,22 @@ impl Decider {
                 campaign_id,
                 placement: Sym::EMPTY,
                 creative_id: 0,
-            });
+            };
+            if spend == 0 {
+                stats.record(key);
+            } else {
+                let counts = Counts {
+                    requests: 1,
+                    impressions: 1,
+                    spend,
+                    ..Counts::default()
+                };
+                stats.add(key, counts);
+            }
+        }
+        // Per-campaign series only for budgeted campaigns: bounded by what operators budget.
+        if budgeted && spend > 0 {
+            self.metrics.observe_spend(campaign_id, spend);
         }
         self.metrics.observe_decision(
             outcome,
@@ -291,8 +514,34 @@ impl Decider {
     fn explain_visitor(&self, ip: IpAddr, peer: IpAddr, source: IpSource, ua: &str) -> Explained {
         let (visitor, _, _) = self.visitor(ip, Some(ua));
         let catalogue = self.catalogue.load();
-        let explanation = auction::explain(&catalogue, &visitor, self.bots_win);
-        let (winner, url) = match auction::run(&catalogue, &visitor, self.bots_win) {
+        let mut explanation = auction::explain(&catalogue, &visitor, self.bots_win);
+        let outcome = match &self.delivery {
+            None => auction::run(&catalogue, &visitor, self.bots_win),
+            Some(delivery) => {
+                // Flight, budget, pacing and cap, as the ticker and the state backend last saw
+                // them; the winner is the highest bid left (the first of equal ones).
+                let now = i64::from(crate::tracking::now());
+                let by_id = |id: u32| catalogue.campaigns().iter().find(|c| c.id == id);
+                let mut kept = Vec::with_capacity(explanation.eligible.len());
+                for id in explanation.eligible.drain(..) {
+                    let reason = by_id(id).and_then(|c| {
+                        delivery.reason(c, now, self.explain_views.get(&id).copied())
+                    });
+                    match reason {
+                        Some(reason) => explanation.excluded.push(Exclusion { id, reason }),
+                        None => kept.push(id),
+                    }
+                }
+                explanation.eligible = kept;
+                explanation.excluded.sort_by_key(|e| e.id);
+                match explanation.eligible.first().and_then(|id| by_id(*id)) {
+                    Some(c) => Outcome::Won(c),
+                    None if visitor.agent.is_bot() && !self.bots_win => Outcome::Bot,
+                    None => Outcome::NoFill,
+                }
+            }
+        };
+        let (winner, url) = match outcome {
             Outcome::Won(c) => (
                 Some(c.id),
                 String::from_utf8_lossy(c.location.as_bytes()).into_owned(),

@@ -16,7 +16,9 @@ use tracing_subscriber::EnvFilter;
 use rotator::campaigns::{Catalogue, CatalogueHandle, reload};
 use rotator::config::{Config, LogFormat};
 use rotator::decision::Decider;
+use rotator::delivery::identity::Identifier;
 use rotator::delivery::state::State;
+use rotator::delivery::{self, Delivery};
 use rotator::http::routes::{AdRoutes, AdminRoutes};
 use rotator::http::server::{self, ServeOptions};
 use rotator::metrics::Metrics;
@@ -214,11 +216,7 @@ fn serve(path: Option<&Path>) -> Result<()> {
         metrics: metrics.connections(listener),
     };
     let stats = Stats::start(&config.stats, workers * 2, metrics.clone(), stats_rx, grace)?;
-    let decider = Arc::new(decider(
-        &core,
-        metrics.clone(),
-        Some(stats.aggregator.clone()),
-    )?);
+    let decider = decider(&core, metrics.clone(), Some(stats.aggregator.clone()))?;
     let (tracker, seen_writer) = Tracker::start(
         &config.tracking,
         Some(stats.aggregator.clone()),
@@ -231,7 +229,21 @@ fn serve(path: Option<&Path>) -> Result<()> {
         i64::from(rotator::tracking::now()),
     ))?;
     let state = Arc::new(state);
-    let tracker = Arc::new(tracker.sharing(state.clone()));
+    let delivery = Arc::new(Delivery::new(
+        state.clone(),
+        Identifier::new(&config.identity, tracker.signer()),
+        core.catalogue.clone(),
+        metrics.clone(),
+        delivery::Options::from_config(&config.state, &config.tracking),
+    ));
+    let decider = Arc::new(decider.with_delivery(delivery.clone()));
+    let tracker = Arc::new(
+        tracker
+            .sharing(state.clone())
+            .costing(core.catalogue.clone(), Some(delivery.clone())),
+    );
+    // A second handle on the sink, for pacing's traffic history (the flusher owns the first).
+    let history = rotator::stats::sinks::Sink::open(&config.stats)?;
     {
         let catalogue = core.catalogue.load();
         for warning in catalogue.warnings() {
@@ -259,6 +271,15 @@ fn serve(path: Option<&Path>) -> Result<()> {
             listeners_rx.clone(),
         );
         tokio::spawn(reloader);
+        tokio::spawn(delivery::learn::learn(
+            history,
+            delivery.clone(),
+            listeners_rx.clone(),
+        ));
+        let mut ticker_stop = listeners_rx.clone();
+        let ticker = tokio::spawn(delivery.clone().run(async move {
+            shutdown::wait(&mut ticker_stop).await;
+        }));
         tokio::spawn(geoip::reload::watch(
             config.geoip.database.clone(),
             core.geoip.clone(),
@@ -301,6 +322,8 @@ fn serve(path: Option<&Path>) -> Result<()> {
         for t in tasks {
             let _ = t.await;
         }
+        // Unused budget leases go back before the state's journals close.
+        let _ = ticker.await;
         anyhow::Ok(())
     })?;
     // After the listeners: the events of the last requests are journalled too.
@@ -379,6 +402,20 @@ fn check(path: Option<&Path>) -> Result<()> {
             .map(|p| p.id.as_str())
             .collect::<Vec<_>>()
             .join(", ")
+    )?;
+    let count = |f: fn(&rotator::campaigns::Delivery) -> bool| {
+        catalogue
+            .campaigns()
+            .iter()
+            .filter(|c| f(&c.delivery))
+            .count()
+    };
+    writeln!(
+        out,
+        "delivery:  {} with a flight, {} with a budget, {} with a frequency cap",
+        count(|d| d.flight != Default::default()),
+        count(|d| d.budget.is_some()),
+        count(|d| d.frequency_cap.is_some()),
     )?;
     writeln!(
         out,

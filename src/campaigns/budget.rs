@@ -116,7 +116,10 @@ impl Delivery {
 
 /// `[campaign.budget]` as written in the file.
 #[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [campaign.budget] table with daily, total, pacing, timezone"
+)]
 pub(super) struct RawBudget {
     daily: Option<Spanned<f64>>,
     total: Option<Spanned<f64>>,
@@ -126,7 +129,10 @@ pub(super) struct RawBudget {
 
 /// `[campaign.frequency_cap]` as written in the file.
 #[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [campaign.frequency_cap] table with impressions and per"
+)]
 pub(super) struct RawFrequencyCap {
     impressions: Spanned<i64>,
     per: Spanned<String>,

@@ -739,8 +739,13 @@ active = false
 
     #[test]
     fn unknown_keys_and_types_are_named() {
+        let p = problems("[[campaign]]\nid = 1\nurl = \"https://a.b\"\nbid = 1\nbudgets = 5\n");
+        assert!(p.contains("budgets") && p.contains("line 5"), "{p}");
         let p = problems("[[campaign]]\nid = 1\nurl = \"https://a.b\"\nbid = 1\nbudget = 5\n");
-        assert!(p.contains("budget") && p.contains("line 5"), "{p}");
+        assert!(
+            p.contains("[campaign.budget] table") && p.contains("line 5"),
+            "{p}"
+        );
         let p = problems(
             "[[campaign]]\nid = 1\nurl = \"https://a.b\"\nbid = 1\n[campaign.targeting]\ncountry = [\"RU\"]\n",
         );

@@ -241,6 +241,33 @@ impl TargetingIndex {
         )
     }
 
+    /// Like [`TargetingIndex::best`] (`placement` `None`) or
+    /// [`TargetingIndex::best_in_placement`], among the positions whose bit is set in word `i`
+    /// of `allowed(i)`: delivery limits and campaigns already taken or refused.
+    #[inline]
+    pub fn best_allowed(
+        &self,
+        visitor: &Visitor,
+        placement: Option<usize>,
+        allowed: impl Fn(usize) -> u64,
+        pick: impl FnOnce(usize) -> usize,
+    ) -> Option<usize> {
+        let lookup = self.lookup(visitor);
+        match placement {
+            None => self.best_of(|i| lookup.eligible(i) & allowed(i), pick),
+            Some(p) => {
+                let fills = &self.placements.get(p)?.0;
+                self.best_of(|i| lookup.eligible(i) & fills[i] & allowed(i), pick)
+            }
+        }
+    }
+
+    /// Words of the bit sets over positions (for masks passed to
+    /// [`TargetingIndex::best_allowed`]).
+    pub fn words(&self) -> usize {
+        self.words
+    }
+
     /// The highest set position of the set whose word `i` is `eligible(i)`, equal bids picked
     /// at random.
     #[inline]

@@ -117,6 +117,8 @@ pub struct Config {
     pub tracking: TrackingConfig,
     /// Delivery counters: local or shared through Redis.
     pub state: StateConfig,
+    /// How a visitor is recognised for frequency caps.
+    pub identity: IdentityConfig,
     /// Where this configuration came from: the file, or `<defaults>`. Not a key.
     #[serde(skip)]
     pub source_name: String,
@@ -359,6 +361,17 @@ impl Config {
         }
         if !t.public_url.is_empty() {
             check_url(&t.public_url).map_err(|m| self.invalid("tracking", "public_url", m))?;
+        }
+        let cookie = &self.identity.cookie;
+        if !cookie
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+        {
+            return Err(self.invalid(
+                "identity",
+                "cookie",
+                format!("{cookie:?} is not a cookie name (letters, digits, _ and -)"),
+            ));
         }
         Ok(())
     }

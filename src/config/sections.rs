@@ -409,6 +409,40 @@ impl Default for StateRedisConfig {
     }
 }
 
+/// What identifies a visitor for frequency caps when the request carries no `user.key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityFallback {
+    /// A keyed hash of IP address and User-Agent whose key changes every day (UTC): never
+    /// stored raw, not linkable across days.
+    DailyHash,
+    /// No identity: capped campaigns are shown without capping.
+    Uncapped,
+    /// No identity: capped campaigns are not shown.
+    Exclude,
+}
+
+/// `[identity]`: recognising a visitor for frequency caps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The first-party cookie rotator sets (random id, one year, `HttpOnly; Secure;
+    /// SameSite=None`); empty = never set or read a cookie.
+    pub cookie: String,
+    /// For visitors without `user.key` or cookie: a first visit, cookies refused, or `Sec-GPC: 1`
+    /// (then no cookie is set or read).
+    pub fallback: IdentityFallback,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            cookie: "rid".into(),
+            fallback: IdentityFallback::DailyHash,
+        }
+    }
+}
+
 /// Durations as strings such as `"500ms"`, `"10s"`, `"1m"`.
 mod duration_str {
     use std::time::Duration;

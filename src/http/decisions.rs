@@ -15,8 +15,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
-    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    ACCESS_CONTROL_MAX_AGE, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue,
+    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ALLOW, CACHE_CONTROL, CONTENT_LENGTH,
+    CONTENT_TYPE, HeaderValue, ORIGIN, SET_COOKIE, VARY,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
@@ -24,7 +25,8 @@ use serde::Deserialize;
 use super::Body;
 use super::server::Reply;
 use crate::campaigns::CreativeKind;
-use crate::decision::{Decider, SlotWin};
+use crate::decision::{Decider, SlotWin, Slots};
+use crate::delivery::identity::Who;
 use crate::metrics::Route;
 use crate::visitor::Visitor;
 
@@ -115,19 +117,37 @@ pub struct DecisionJson {
 #[derive(Debug)]
 struct Refusal(StatusCode, String);
 
-fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+/// CORS: any page may ask. A page's own origin is named (not `*`) and credentials allowed, so
+/// the tag can send the identity cookie of frequency caps; a caller without `Origin` gets `*`.
+fn cors(headers: &mut hyper::HeaderMap, origin: Option<&HeaderValue>) {
+    match origin {
+        Some(origin) => {
+            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            headers.insert(
+                ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+            headers.insert(VARY, HeaderValue::from_static("Origin"));
+        }
+        None => {
+            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, ANY_ORIGIN.clone());
+        }
+    }
+}
+
+fn json(status: StatusCode, body: Vec<u8>, origin: Option<&HeaderValue>) -> Response<Body> {
     let mut r = Response::new(Body::new(Bytes::from(body)));
     *r.status_mut() = status;
     let headers = r.headers_mut();
     headers.insert(CONTENT_TYPE, JSON.clone());
     headers.insert(CACHE_CONTROL, NO_STORE.clone());
-    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, ANY_ORIGIN.clone());
+    cors(headers, origin);
     r
 }
 
-fn refused(Refusal(status, error): Refusal) -> Response<Body> {
+fn refused(Refusal(status, error): Refusal, origin: Option<&HeaderValue>) -> Response<Body> {
     let body = serde_json::json!({ "error": error }).to_string();
-    let mut r = json(status, body.into_bytes());
+    let mut r = json(status, body.into_bytes(), origin);
     if status == StatusCode::METHOD_NOT_ALLOWED {
         r.headers_mut().insert(ALLOW, POST_OPTIONS.clone());
     }
@@ -146,6 +166,7 @@ pub fn answer(
     peer: SocketAddr,
     started: Instant,
 ) -> Reply {
+    let origin = req.headers().get(ORIGIN).cloned();
     let now = |response: Response<Body>| {
         decider.metrics.observe_request(
             Route::Decisions,
@@ -156,24 +177,34 @@ pub fn answer(
     };
     match *req.method() {
         Method::POST => {}
-        Method::OPTIONS => return now(preflight()),
+        Method::OPTIONS => return now(preflight(origin.as_ref())),
         _ => {
-            return now(refused(Refusal(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed: use POST (OPTIONS for a CORS preflight)".into(),
-            )));
+            return now(refused(
+                Refusal(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method not allowed: use POST (OPTIONS for a CORS preflight)".into(),
+                ),
+                origin.as_ref(),
+            ));
         }
     }
     if let Err(refusal) = check_head(&req) {
-        return now(refused(refusal));
+        return now(refused(refusal, origin.as_ref()));
     }
     Reply::Later(Box::pin(async move {
+        let origin = origin.as_ref();
         let response = match read_body(req).await {
-            Ok((head, body)) => match decide(&decider, &tracker, &head, &body, peer) {
-                Ok(body) => json(StatusCode::OK, body),
-                Err(refusal) => refused(refusal),
+            Ok((head, body)) => match decide(&decider, &tracker, &head, &body, peer).await {
+                Ok((body, set_cookie)) => {
+                    let mut r = json(StatusCode::OK, body, origin);
+                    if let Some(cookie) = set_cookie {
+                        r.headers_mut().insert(SET_COOKIE, cookie);
+                    }
+                    r
+                }
+                Err(refusal) => refused(refusal, origin),
             },
-            Err(refusal) => refused(refusal),
+            Err(refusal) => refused(refusal, origin),
         };
         decider.metrics.observe_request(
             Route::Decisions,
@@ -184,11 +215,11 @@ pub fn answer(
     }))
 }
 
-fn preflight() -> Response<Body> {
+fn preflight(origin: Option<&HeaderValue>) -> Response<Body> {
     let mut r = Response::new(Body::default());
     *r.status_mut() = StatusCode::NO_CONTENT;
     let headers = r.headers_mut();
-    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, ANY_ORIGIN.clone());
+    cors(headers, origin);
     headers.insert(ACCESS_CONTROL_ALLOW_METHODS, POST_OPTIONS.clone());
     headers.insert(
         ACCESS_CONTROL_ALLOW_HEADERS,
@@ -252,18 +283,20 @@ async fn read_body(
     }
 }
 
-/// Parses and checks the request, decides every slot, counts the requests and builds the body.
-fn decide(
+/// Parses and checks the request, decides every slot, counts the requests and builds the body
+/// (and the identity cookie to set, if any).
+async fn decide(
     decider: &Decider,
     tracker: &crate::tracking::Tracker,
     head: &hyper::http::request::Parts,
     body: &[u8],
     peer: SocketAddr,
-) -> Result<Vec<u8>, Refusal> {
+) -> Result<(Vec<u8>, Option<HeaderValue>), Refusal> {
     let request: DecisionRequest =
         serde_json::from_slice(body).map_err(|e| bad(format!("malformed JSON: {e}")))?;
     check_request(&request)?;
-    let catalogue = decider.catalogue.load();
+    let view = decider.view();
+    let catalogue = &*view.catalogue;
     let mut placements = Vec::with_capacity(request.placements.len());
     for (i, slot) in request.placements.iter().enumerate() {
         match catalogue.placement(&slot.placement) {
@@ -278,7 +311,16 @@ fn decide(
     }
     let (ip, ua) = visitor_identity(decider, head, &request, peer.ip())?;
     let (visitor, _, geo_ok) = decider.visitor(ip, ua.as_deref());
-    let wins = decider.decide_slots(&catalogue, &visitor, &placements);
+    let who = Who {
+        user_key: request.user.as_ref().map(|u| u.key.as_str()),
+        // The visitor's own request (cookie, Sec-GPC) unless a server asks on their behalf.
+        headers: request.ua.is_none().then_some(&head.headers),
+        ip: Some(ip),
+        ua: ua.as_deref(),
+    };
+    let Slots { wins, set_cookie } = decider
+        .decide_slots(&view, &visitor, &placements, who)
+        .await;
     let base = tracker.base_url(&head.headers, decider.client_ip.proxies.contains(peer.ip()));
     let mut decisions = Vec::with_capacity(wins.len());
     for ((slot, &placement), win) in request.placements.iter().zip(&placements).zip(&wins) {
@@ -291,7 +333,7 @@ fn decide(
     // About 700 bytes per filled slot: sized once instead of growing.
     let mut out = Vec::with_capacity(64 + 768 * decisions.len());
     write_response(&mut out, &decisions, !needs_escape(&base));
-    Ok(out)
+    Ok((out, set_cookie))
 }
 
 /// Whether `s` holds a character a JSON string must escape.

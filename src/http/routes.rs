@@ -12,14 +12,14 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION};
+use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION, SET_COOKIE};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::Body;
 use super::server::{Handler, Reply};
 use super::tags;
 use crate::campaigns::CatalogueHandle;
-use crate::decision::Decider;
+use crate::decision::{AdAnswer, Answer, Decider};
 use crate::metrics::{Metrics, Route};
 
 static NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
@@ -92,14 +92,28 @@ impl Handler for AdRoutes {
         }
         // The method first: `CONNECT host:port`, `OPTIONS *` and `TRACE /x` have no route to
         // find, and the answer to them is that this server takes only GET and HEAD.
-        let response = match (only_get_or_head(&req), route) {
+        let refused = only_get_or_head(&req);
+        match route {
+            Route::Ad if refused.is_none() => return self.ad(&req, peer, started),
+            Route::Tag if refused.is_none() && req.uri().path() != "/v1/tag.js" => {
+                return tags::frame(
+                    self.decider.clone(),
+                    self.tracker.clone(),
+                    req,
+                    peer,
+                    started,
+                );
+            }
+            _ => {}
+        }
+        let response = match (refused, route) {
             (Some(refused), _) => refused,
-            (None, Route::Ad) => self.ad(&req, peer),
-            (None, Route::Tag) if req.uri().path() == "/v1/tag.js" => tags::tag_js(req.headers()),
-            (None, Route::Tag) => tags::frame(&self.decider, &self.tracker, &req, peer),
+            (None, Route::Tag) => tags::tag_js(req.headers()),
             (None, Route::Tracking) => super::tracking::answer(&self.tracker, &self.decider, &req)
                 .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")),
-            (None, Route::Decisions | Route::Other) => text(StatusCode::NOT_FOUND, "not found\n"),
+            (None, Route::Ad | Route::Decisions | Route::Other) => {
+                text(StatusCode::NOT_FOUND, "not found\n")
+            }
         };
         self.decider
             .metrics
@@ -109,15 +123,40 @@ impl Handler for AdRoutes {
 }
 
 impl AdRoutes {
-    fn ad(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let location = self.decider.decide(peer.ip(), req.headers());
-        let mut r = Response::new(Body::default());
-        *r.status_mut() = StatusCode::SEE_OTHER;
-        let headers = r.headers_mut();
-        headers.insert(LOCATION, location);
-        headers.insert(CACHE_CONTROL, NO_STORE.clone());
-        r
+    fn ad(&self, req: &Request<Incoming>, peer: SocketAddr, started: Instant) -> Reply {
+        match self.decider.decide(peer.ip(), req.headers()) {
+            Answer::Now(answer) => {
+                let r = redirect(answer);
+                self.decider.metrics.observe_request(
+                    Route::Ad,
+                    r.status().as_u16(),
+                    started.elapsed(),
+                );
+                Reply::Now(r)
+            }
+            Answer::Later(deciding) => {
+                let metrics = self.decider.metrics.clone();
+                Reply::Later(Box::pin(async move {
+                    let r = redirect(deciding.await);
+                    metrics.observe_request(Route::Ad, r.status().as_u16(), started.elapsed());
+                    r
+                }))
+            }
+        }
     }
+}
+
+/// `303` to the decision's `Location`, never cached.
+fn redirect(answer: AdAnswer) -> Response<Body> {
+    let mut r = Response::new(Body::default());
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    let headers = r.headers_mut();
+    headers.insert(LOCATION, answer.location);
+    headers.insert(CACHE_CONTROL, NO_STORE.clone());
+    if let Some(cookie) = answer.set_cookie {
+        headers.insert(SET_COOKIE, cookie);
+    }
+    r
 }
 
 /// The metrics and health listener.

@@ -19,16 +19,22 @@ use hyper::{Response, StatusCode};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
 
 use hyper::Method;
 use hyper::Request;
 use hyper::body::Incoming;
-use hyper::header::USER_AGENT;
+use hyper::header::{SET_COOKIE, USER_AGENT};
 
 use super::Body;
 use super::decisions::DecisionJson;
+use super::server::Reply;
 use crate::campaigns::creatives::CreativeKind;
-use crate::decision::Decider;
+use crate::decision::{Decider, Slots};
+use crate::delivery::identity::Who;
+use crate::metrics::Route;
 use crate::tracking::Tracker;
 
 /// The script tag's code.
@@ -216,12 +222,33 @@ pub fn frame_response(ad: Option<&FrameAd<'_>>) -> Response<Body> {
 /// `GET /v1/frame/{placement}`: one decision for the placement, for the visitor of the
 /// connection (through the client-IP rule, as `GET /ad`); `HEAD` decides nothing.
 pub fn frame(
+    decider: Arc<Decider>,
+    tracker: Arc<Tracker>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    started: Instant,
+) -> Reply {
+    let metrics = decider.metrics.clone();
+    let done = move |r: Response<Body>| {
+        metrics.observe_request(Route::Tag, r.status().as_u16(), started.elapsed());
+        r
+    };
+    // Boxed only for frames: answered at once unless a capped campaign waits for Redis.
+    let mut answering = Box::pin(async move { frame_answer(&decider, &tracker, &req, peer).await });
+    match crate::delivery::poll_once(answering.as_mut()) {
+        Poll::Ready(r) => Reply::Now(done(r)),
+        Poll::Pending => Reply::Later(Box::pin(async move { done(answering.await) })),
+    }
+}
+
+async fn frame_answer(
     decider: &Decider,
     tracker: &Tracker,
     req: &Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let catalogue = decider.catalogue.load();
+    let view = decider.view();
+    let catalogue = &*view.catalogue;
     let found = frame_placement(req.uri().path()).and_then(|id| {
         let index = catalogue.placement(id)?;
         Some((index, catalogue.placements().get(index)?))
@@ -244,17 +271,28 @@ pub fn frame(
         .get(USER_AGENT)
         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok());
     let (visitor, _, geo_ok) = decider.visitor(ip, ua);
-    let win = decider
-        .decide_slots(&catalogue, &visitor, &[index])
-        .pop()
-        .flatten();
+    let who = Who {
+        headers: Some(headers),
+        ip: Some(ip),
+        ua,
+        ..Who::default()
+    };
+    let Slots {
+        mut wins,
+        set_cookie,
+    } = decider.decide_slots(&view, &visitor, &[index], who).await;
+    let win = wins.pop().flatten();
     decider.record_slot(&visitor, placement, win.as_ref(), geo_ok);
     let base = tracker.base_url(headers, decider.client_ip.proxies.contains(peer.ip()));
     let served = win
         .as_ref()
         .map(|w| super::decisions::render(tracker, &base, &visitor, w));
     let ad = served.as_ref().map(FrameAd::from);
-    frame_response(ad.as_ref())
+    let mut r = frame_response(ad.as_ref());
+    if let Some(cookie) = set_cookie {
+        r.headers_mut().insert(SET_COOKIE, cookie);
+    }
+    r
 }
 
 impl<'a> From<&'a DecisionJson> for FrameAd<'a> {

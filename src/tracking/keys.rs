@@ -101,6 +101,14 @@ impl Signer {
         })
     }
 
+    /// A secret for another purpose (`label`), derived from the current key: HMAC(key, label).
+    /// Every node sharing the key derives the same one.
+    pub fn derive(&self, label: &[u8]) -> [u8; 32] {
+        let mut mac = self.current.mac.clone();
+        mac.update(label);
+        mac.finalize().into_bytes().into()
+    }
+
     /// The token of `claims`, signed with the current key.
     pub fn sign(&self, claims: &Claims) -> String {
         let [token] = self.sign_urls(claims, "", [(claims.kind, claims.expires, "")]);

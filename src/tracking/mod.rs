@@ -20,8 +20,10 @@ use hyper::HeaderMap;
 use hyper::header::HOST;
 use hyper::http::uri::Authority;
 
+use crate::campaigns::CatalogueHandle;
 use crate::config::TrackingConfig;
 use crate::decision::SlotWin;
+use crate::delivery::Delivery;
 use crate::delivery::state::State;
 use crate::metrics::Metrics;
 use crate::stats::aggregator::{Aggregator, Counts, RowKey, current_minute};
@@ -179,6 +181,16 @@ pub struct Tracker {
     public_url: String,
     /// When the last "memory full" warning was logged (Unix seconds): one per minute at most.
     warned_full: AtomicU32,
+    /// What counted events cost (see [`Tracker::costing`]); without it spend is not counted.
+    costs: Option<Costs>,
+}
+
+/// Where a counted event's cost comes from.
+struct Costs {
+    /// The current campaigns (their pricing and bid).
+    catalogue: CatalogueHandle,
+    /// Charges clicks to this node's budget leases.
+    delivery: Option<Arc<Delivery>>,
 }
 
 /// Now, Unix seconds.
@@ -269,7 +281,22 @@ impl Tracker {
             click_ttl: secs(config.click_ttl),
             public_url: config.public_url.trim_end_matches('/').to_string(),
             warned_full: AtomicU32::new(0),
+            costs: None,
         }
+    }
+
+    /// Counts the spend of events (impressions of cpm campaigns, clicks of cpc ones) at the
+    /// prices of `catalogue`, charging clicks to `delivery`'s leases.
+    pub fn costing(
+        mut self,
+        catalogue: CatalogueHandle,
+        delivery: Option<Arc<Delivery>>,
+    ) -> Tracker {
+        self.costs = Some(Costs {
+            catalogue,
+            delivery,
+        });
+        self
     }
 
     /// The signer (to sign or check tokens directly).
@@ -322,13 +349,16 @@ impl Tracker {
     /// The absolute tracking URLs of a new decision: `win` shown to `visitor`, under `base` (see
     /// [`Tracker::base_url`]).
     pub fn urls(&self, base: &str, visitor: &Visitor, win: &SlotWin<'_>) -> Urls {
-        let decision = Claims::for_decision(
-            visitor,
-            win.campaign.id,
-            win.creative.id,
-            win.placement.sym,
-            now(),
-        );
+        let decision = Claims {
+            id: win.decision,
+            ..Claims::for_decision(
+                visitor,
+                win.campaign.id,
+                win.creative.id,
+                win.placement.sym,
+                now(),
+            )
+        };
         self.urls_of(base, &decision)
     }
 
@@ -496,6 +526,7 @@ impl Tracker {
 
     /// Adds the event to the statistics row of its decision, in the current minute.
     fn count(&self, claims: &Claims) {
+        let spend = self.spend(claims);
         let Some(stats) = &self.stats else {
             return;
         };
@@ -516,9 +547,35 @@ impl Tracker {
                 impressions: one(EventKind::Impression),
                 viewables: one(EventKind::Viewable),
                 clicks: one(EventKind::Click),
-                spend: 0,
+                spend,
             },
         );
+    }
+
+    /// What a counted event costs, at the campaign's current price; a click's cost is charged
+    /// to this node's budget lease (an impression's was charged when it was decided).
+    fn spend(&self, claims: &Claims) -> u64 {
+        let Some(costs) = &self.costs else {
+            return 0;
+        };
+        let catalogue = costs.catalogue.load();
+        let Some((campaign, _)) = catalogue.creative(claims.creative_id) else {
+            return 0;
+        };
+        let spend = match claims.kind {
+            EventKind::Impression => campaign.impression_cost(),
+            EventKind::Click => campaign.click_cost(),
+            EventKind::Viewable => 0,
+        };
+        if spend > 0 && campaign.delivery.budget.is_some() {
+            self.metrics.observe_spend(campaign.id, spend);
+            if claims.kind == EventKind::Click
+                && let Some(delivery) = &costs.delivery
+            {
+                delivery.charge_click(campaign.id, spend);
+            }
+        }
+        spend
     }
 }
 

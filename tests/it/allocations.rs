@@ -99,15 +99,17 @@ fn a_decision_allocates_nothing_in_the_steady_state() {
         Catalogue::load(&repo().join("campaigns.toml")).unwrap(),
     ));
     let stats = Arc::new(Aggregator::new(4));
-    let decider = Decider::new(
-        &config,
-        geoip,
-        agents,
-        catalogue,
-        Some(stats),
-        Metrics::new(),
-    )
-    .unwrap();
+    let decider = std::sync::Arc::new(
+        Decider::new(
+            &config,
+            geoip,
+            agents,
+            catalogue,
+            Some(stats),
+            Metrics::new(),
+        )
+        .unwrap(),
+    );
 
     let tsv = std::fs::read_to_string(
         Path::new(&repo()).join("tests/data/traffic/synthetic-requests.tsv"),

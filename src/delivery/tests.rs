@@ -1,0 +1,313 @@
+//! The engine over the local backend, with time driven by the tests.
+
+use std::net::IpAddr;
+use std::sync::{Arc, LazyLock};
+
+use arc_swap::ArcSwap;
+
+use super::*;
+use crate::campaigns::{Catalogue, file};
+use crate::config::{IdentityConfig, OnOutage};
+use crate::tracking::{Seen, Signer};
+use crate::visitor::Visitor;
+use crate::visitor::user_agent::UserAgentParser;
+
+static UA: LazyLock<Arc<UserAgentParser>> = LazyLock::new(|| UserAgentParser::new().unwrap());
+
+const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+
+/// 2026-12-01T00:00:00Z.
+const DAY: i64 = 1_796_083_200;
+
+struct Engine {
+    delivery: Arc<Delivery>,
+    seen: Arc<Seen>,
+    _writer: state::StateWriter,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn engine(campaigns: &str) -> Engine {
+    let dir = std::env::temp_dir().join(format!(
+        "rotator-delivery-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let catalogue = Catalogue::new(file::parse(campaigns).unwrap(), "test.toml".into());
+    let handle = Arc::new(ArcSwap::from_pointee(catalogue));
+    let metrics = Metrics::new();
+    let seen = Arc::new(Seen::new(1_000_000));
+    let (state, writer) =
+        state::LocalState::open(&dir, 1_000_000, seen.clone(), metrics.clone(), DAY).unwrap();
+    let signer = Signer::from_keys(&[9; 32], &[]).unwrap();
+    let delivery = Delivery::new(
+        Arc::new(State::Local(state)),
+        Identifier::new(&IdentityConfig::default(), &signer),
+        handle,
+        metrics,
+        Options {
+            lease_seconds: 5,
+            on_outage: OnOutage::Hold,
+            impression_ttl: 60,
+        },
+    );
+    Engine {
+        delivery: Arc::new(delivery),
+        seen,
+        _writer: writer,
+        _dir: TempDir(dir),
+    }
+}
+
+fn visitor() -> Visitor {
+    Visitor {
+        ip: IpAddr::from([192, 0, 2, 1]),
+        country: None,
+        agent: UA.parse(CHROME),
+    }
+}
+
+/// One `GET /ad` decision: the winner's id (0 for none).
+fn decide(delivery: &Arc<Delivery>, keys: &Keys, now: i64) -> u32 {
+    let gate = delivery.gate();
+    let candidates = gate.candidates(
+        &visitor(),
+        None,
+        &[],
+        Some(keys),
+        delivery.no_identity(),
+        |c, k| delivery.at_cap(c, k, now),
+        |_| {},
+    );
+    let won = match delivery.settle(&gate, candidates, keys, crate::tracking::new_id(), now) {
+        Settle::Done(won) => won,
+        Settle::Pending(_) => panic!("the local backend answers at once"),
+    };
+    won.and_then(|w| gate.catalogue.get(w.position))
+        .map_or(0, |c| c.id)
+}
+
+const BUDGETED: &str = r#"
+[[campaign]]
+id = 1
+url = "https://a.example"
+bid = 5.0
+[campaign.budget]
+daily = 1.0
+pacing = "asap"
+
+[[campaign]]
+id = 2
+url = "https://b.example"
+bid = 1.0
+"#;
+
+#[tokio::test]
+async fn issue11_daily_budget_is_spent_exactly_then_the_next_bid_wins() {
+    let e = engine(BUDGETED);
+    let keys = Keys::default();
+    let (mut first, mut second) = (0u32, 0u32);
+    // 5.00 CPM = 5,000 micros an impression: 1.00 buys exactly 200.
+    for tick in 0..200 {
+        let now = DAY + 3_600 + tick;
+        e.delivery.tick(now).await;
+        for _ in 0..50 {
+            match decide(&e.delivery, &keys, now) {
+                1 => first += 1,
+                2 => second += 1,
+                other => panic!("campaign {other}"),
+            }
+        }
+    }
+    assert_eq!(
+        first, 200,
+        "the whole daily budget and not one impression more"
+    );
+    assert!(second > 0);
+    let (spent_day, _) = e.delivery.state().spent(1, 20_788).await.unwrap();
+    assert_eq!(spent_day, 1_000_000);
+    let gate = e.delivery.gate();
+    let campaign = gate
+        .catalogue
+        .campaigns()
+        .iter()
+        .find(|c| c.id == 1)
+        .unwrap();
+    assert_eq!(
+        e.delivery.reason(campaign, DAY + 3_800, None).as_deref(),
+        Some("budget: daily 1.00 of 1.00 spent")
+    );
+    // The next day the budget is there again.
+    e.delivery.tick(DAY + 86_400 + 10).await;
+    e.delivery.tick(DAY + 86_400 + 11).await;
+    assert_eq!(decide(&e.delivery, &keys, DAY + 86_400 + 11), 1);
+}
+
+const CAPPED: &str = r#"
+[[campaign]]
+id = 1
+url = "https://a.example"
+bid = 5.0
+[campaign.frequency_cap]
+impressions = 3
+per = "1h"
+
+[[campaign]]
+id = 2
+url = "https://b.example"
+bid = 1.0
+"#;
+
+#[tokio::test]
+async fn issue11_frequency_cap_holds_per_visitor_in_a_sliding_window() {
+    let e = engine(CAPPED);
+    let (a, b) = (Keys(vec![11]), Keys(vec![22]));
+    e.delivery.tick(DAY).await;
+    let wins = |keys: &Keys, now: i64, n: usize| {
+        (0..n)
+            .map(|_| decide(&e.delivery, keys, now))
+            .filter(|id| *id == 1)
+            .count()
+    };
+    assert_eq!(wins(&a, DAY, 10), 3, "3 of 10 for visitor a");
+    assert_eq!(
+        wins(&b, DAY + 1_800, 10),
+        3,
+        "another visitor has their own cap"
+    );
+    assert_eq!(wins(&a, DAY + 3_599, 5), 0, "still inside a's window");
+    // A view counts for exactly one hour after it: the window slides.
+    assert_eq!(wins(&a, DAY + 3_600, 5), 3);
+    let gate = e.delivery.gate();
+    let campaign = gate
+        .catalogue
+        .campaigns()
+        .iter()
+        .find(|c| c.id == 1)
+        .unwrap();
+    assert_eq!(
+        e.delivery.reason(campaign, DAY, Some(3)).as_deref(),
+        Some("frequency cap: 3 of 3 in 1h")
+    );
+}
+
+const SLOT: &str = r#"
+[[placement]]
+id = "top"
+sizes = ["728x90"]
+
+[[campaign]]
+id = 1
+url = "https://a.example"
+bid = 5.0
+[campaign.budget]
+total = 100.0
+pacing = "asap"
+[campaign.frequency_cap]
+impressions = 1
+per = "24h"
+[[campaign.creative]]
+id = 10
+kind = "image"
+size = "728x90"
+image_url = "https://cdn.example/a.png"
+"#;
+
+#[tokio::test]
+async fn issue11_a_slot_reservation_is_given_back_when_its_impression_never_comes() {
+    let e = engine(SLOT);
+    let keys = Keys(vec![33]);
+    e.delivery.tick(DAY).await;
+    let gate = e.delivery.gate();
+    let decide_slot = |now| {
+        let candidates = gate.candidates(
+            &visitor(),
+            Some(0),
+            &[],
+            Some(&keys),
+            e.delivery.no_identity(),
+            |c, k| e.delivery.at_cap(c, k, now),
+            |_| {},
+        );
+        let id = crate::tracking::new_id();
+        let Settle::Done(won) = e.delivery.settle(&gate, candidates, &keys, id, now) else {
+            panic!("local answers at once");
+        };
+        if let Some(w) = &won {
+            e.delivery.hold(&gate, w, &keys, id, now);
+        }
+        won.map(|_| id)
+    };
+    let shown = decide_slot(DAY).expect("the first view");
+    assert!(decide_slot(DAY + 1).is_none(), "capped at 1 while reserved");
+    let kept = decide_slot(DAY + 86_400).expect("a day later");
+    // The second decision's impression is counted; the first one's never is.
+    e.seen.first(&kept, EventKind::Impression, u32::MAX, 0);
+    let state = e.delivery.state();
+    let views = |now| async move { state.views(&[33], 1, now).await.unwrap() };
+    assert_eq!(views(DAY + 86_400).await, 1);
+    // After the impression URLs expired (60 s here), the unconfirmed decision's charge and view
+    // are given back; the confirmed one keeps both.
+    e.delivery.tick(DAY + 86_400 + 61).await;
+    assert_eq!(views(DAY + 86_400 + 61).await, 1);
+    let _ = shown;
+    let total_spent = e.delivery.state().spent(1, 0).await.unwrap().1;
+    let remaining_lease = e
+        .delivery
+        .gate()
+        .runtime(0)
+        .map(|r| r.balance.load(Ordering::Acquire))
+        .unwrap();
+    // Granted = held in this node's lease + one impression (5,000) confirmed.
+    assert_eq!(total_spent, remaining_lease as u64 + 5_000);
+}
+
+#[tokio::test]
+async fn issue11_flight_outside_is_left_out_with_its_reason() {
+    let e = engine(
+        r#"
+[[campaign]]
+id = 1
+url = "https://a.example"
+bid = 5.0
+start = 2026-12-05T00:00:00Z
+end = 2026-12-06
+
+[[campaign]]
+id = 2
+url = "https://b.example"
+bid = 1.0
+"#,
+    );
+    let keys = Keys::default();
+    e.delivery.tick(DAY).await;
+    assert_eq!(decide(&e.delivery, &keys, DAY), 2);
+    let gate = e.delivery.gate();
+    let campaign = gate
+        .catalogue
+        .campaigns()
+        .iter()
+        .find(|c| c.id == 1)
+        .unwrap();
+    assert_eq!(
+        e.delivery.reason(campaign, DAY, None).as_deref(),
+        Some("flight: starts 2026-12-05 00:00:00 UTC")
+    );
+    e.delivery.tick(DAY + 4 * 86_400).await;
+    assert_eq!(decide(&e.delivery, &keys, DAY + 4 * 86_400), 1);
+    e.delivery.tick(DAY + 6 * 86_400).await;
+    assert_eq!(decide(&e.delivery, &keys, DAY + 6 * 86_400), 2);
+    assert_eq!(
+        e.delivery
+            .reason(campaign, DAY + 6 * 86_400, None)
+            .as_deref(),
+        Some("flight: ended 2026-12-06 23:59:59 UTC")
+    );
+}
