@@ -14,7 +14,8 @@ use rotator::campaigns::Pacing;
 use rotator::delivery::curve::TrafficCurve;
 use rotator::delivery::pacing::Pacer;
 use rotator::delivery::simulation::{
-    Case, DAILY_TOLERANCE, History, MAX_HOUR_RATIO, MAX_OVERSPEND, Outcome, Scenario, cases,
+    Case, DAILY_TOLERANCE, History, MAX_HOUR_RATIO, MAX_OVERSPEND, Outcome, Scenario, Surprise,
+    cases,
 };
 
 /// Seeds per case unless `PACING_SEEDS` says otherwise.
@@ -34,6 +35,7 @@ fn main() {
     );
     hour_by_hour();
     capacity_sweep();
+    late_outage();
     if std::env::args().any(|a| a == "--skip-timing") {
         return;
     }
@@ -207,6 +209,40 @@ fn capacity_sweep() {
             );
         }
     }
+}
+
+/// A limit: the same dip as in the cases (traffic × 0.05 for two hours) but at the evening
+/// peak, 19:00 to 21:00, with the learned curve, which puts about a sixth of the budget there. The
+/// three hours left may take at most 1.5× their share, so part of the hole cannot be made up.
+fn late_outage() {
+    let outcomes: Vec<Outcome> = (1..=20)
+        .map(|seed| {
+            let mut case = cases(seed)
+                .into_iter()
+                .find(|c| c.name.starts_with("dip") && c.history == History::PreviousDay)
+                .expect("the cases have a dip with history");
+            case.scenario.surprise = Some(Surprise {
+                start_hour: 19.0,
+                hours: 2.0,
+                factor: 0.05,
+            });
+            case.run()
+        })
+        .collect();
+    let ratios: Vec<f64> = outcomes.iter().map(Outcome::spend_ratio).collect();
+    println!(
+        "\nLimit: the dip at the evening peak (x0.05 19:00-21:00, learned curve, seeds 1..=20): daily spend {:.2} % - {:.2} %, worst hour {:.2}x, all targets met on {}/20 days.",
+        ratios.iter().copied().fold(f64::INFINITY, f64::min) * 100.0,
+        ratios.iter().copied().fold(0.0, f64::max) * 100.0,
+        outcomes
+            .iter()
+            .map(Outcome::max_hour_ratio)
+            .fold(0.0, f64::max),
+        outcomes
+            .iter()
+            .filter(|o| o.missed_targets().is_empty())
+            .count()
+    );
 }
 
 /// The cost of one `Pacer::update` (once a second per paced campaign on the ticker).

@@ -195,7 +195,7 @@ impl Pacer {
         let planned = curve.share(plan.start, day_end);
         let rest = curve.share(now.max(plan.start), day_end);
         self.target = plan.target(planned, rest, daily);
-        self.probability = self.decide(&plan, planned, rest, now, day_end, daily, spent);
+        self.probability = self.decide(&plan, planned, rest, now, daily, spent);
         self.probability
     }
 
@@ -220,8 +220,8 @@ impl Pacer {
     /// Step 2: folds `seconds` of answered probability over `traffic` (the share of a day's
     /// traffic the curve expected meanwhile) and the spend that came in into the capacity.
     fn observe(&mut self, seconds: i64, spend: f64, traffic: f64) {
-        // A usual update with spend moves the window on by 1/CAPACITY_WINDOW_SPENDS; one that brought
-        // k times the usual spend by k times that (a surge is believed within seconds).
+        // A usual update with spend moves the window on by 1/CAPACITY_WINDOW_SPENDS, one that
+        // brought k times the usual spend by k times that (a surge is believed within seconds).
         let forget = if spend > 0.0 {
             let size = *self.usual_spend.get_or_insert(spend);
             self.usual_spend = Some(size + (spend - size) / CAPACITY_WINDOW_SPENDS);
@@ -243,19 +243,17 @@ impl Pacer {
     }
 
     /// Steps 1 and 3: the probability that keeps the pace, given the shares of a day's expected
-    /// traffic `planned` for the day and `rest` still to come.
-    #[allow(clippy::too_many_arguments)] // private; each is one number of the formula
+    /// traffic `planned` for the day and `rest` still to come (none: the day is over).
     fn decide(
         &self,
         plan: &Plan,
         planned: f64,
         rest: f64,
         now: i64,
-        day_end: i64,
         daily: Micros,
         spent: Micros,
     ) -> f64 {
-        if now >= day_end || spent >= daily || rest <= 0.0 || planned <= 0.0 {
+        if spent >= daily || rest <= 0.0 || planned <= 0.0 {
             return 0.0;
         }
         // Budget per day's worth of expected traffic: what is left over the traffic left, at
