@@ -547,6 +547,9 @@ impl Delivery {
             .spent_day
             .saturating_sub(Micros::try_from(balance.max(0)).unwrap_or(0));
         let probability = match (budget.pacing, budget.daily) {
+            // Spend unknown (the backend did not answer): the last probability stands, rather
+            // than reading the node's shrinking lease as a refund.
+            (Pacing::Even, Some(_)) if spent.is_err() => runtime.admit_probability(),
             (Pacing::Even, Some(daily)) => {
                 let p = book
                     .pacer
