@@ -20,7 +20,7 @@ use crate::auction::{self, Exclusion, Outcome};
 use crate::campaigns::{Campaign, Catalogue, CatalogueHandle, Creative, Placement};
 use crate::config::{Config, ConfigError, check_url};
 use crate::delivery::gate::{Candidate, Gate};
-use crate::delivery::identity::{Identity, Who};
+use crate::delivery::identity::{Keys, LazyIdentity, Who};
 use crate::delivery::{Delivery, Settle};
 use crate::metrics::Metrics;
 use crate::stats::aggregator::{Aggregator, Counts, RowKey, current_minute};
@@ -250,8 +250,16 @@ impl Decider {
             return Answer::Now(self.answer(&Outcome::Bot, None));
         }
         let now = i64::from(crate::tracking::now());
-        let identity = self.identify(gate, delivery, Some(headers), None, ip, ua, now);
-        let candidates = self.candidates(gate, delivery, &visitor, None, &[], &identity, now);
+        let who = Who {
+            headers: Some(headers),
+            ip: Some(ip),
+            ua,
+            ..Who::default()
+        };
+        let make = || delivery.identifier().identify(&who, now);
+        let lazy = LazyIdentity::new(&make);
+        let candidates = self.candidates(gate, delivery, &visitor, None, &[], &lazy, now);
+        let identity = lazy.into_inner().unwrap_or_default();
         let decision = crate::tracking::new_id();
         let finish = move |this: &Decider, gate: &Gate, won: Option<Candidate>, cookie| {
             let outcome = won
@@ -283,31 +291,6 @@ impl Decider {
         }
     }
 
-    /// The visitor's identity when a campaign of `gate` has a cap (else none is needed and no
-    /// cookie is set).
-    #[allow(clippy::too_many_arguments)]
-    fn identify(
-        &self,
-        gate: &Gate,
-        delivery: &Delivery,
-        headers: Option<&HeaderMap>,
-        user_key: Option<&str>,
-        ip: IpAddr,
-        ua: Option<&str>,
-        now: i64,
-    ) -> Identity {
-        if !gate.capped() {
-            return Identity::default();
-        }
-        let who = Who {
-            user_key,
-            headers,
-            ip: Some(ip),
-            ua,
-        };
-        delivery.identifier().identify(&who, now)
-    }
-
     /// The auction under delivery limits (see [`Gate::candidates`]).
     #[allow(clippy::too_many_arguments)]
     fn candidates(
@@ -317,14 +300,14 @@ impl Decider {
         visitor: &Visitor,
         placement: Option<usize>,
         taken: &[usize],
-        identity: &Identity,
+        identity: &LazyIdentity<'_>,
         now: i64,
     ) -> Vec<Candidate> {
         gate.candidates(
             visitor,
             placement,
             taken,
-            Some(&identity.keys),
+            Some(identity),
             delivery.no_identity(),
             |campaign, keys| delivery.at_cap(campaign, keys, now),
             |reason| self.metrics.observe_excluded(reason),
@@ -346,18 +329,17 @@ impl Decider {
         let bot_refused = visitor.agent.is_bot() && !self.bots_win;
         let now = i64::from(crate::tracking::now());
         let limits = view.gate.as_ref().zip(self.delivery.as_ref());
-        let identity = match limits {
-            Some((gate, delivery)) if !bot_refused => self.identify(
-                gate,
-                delivery,
-                who.headers,
-                who.user_key,
-                visitor.ip,
-                who.ua,
-                now,
-            ),
-            _ => Identity::default(),
+        let who = Who {
+            ip: Some(visitor.ip),
+            ..who
         };
+        let make = || {
+            self.delivery
+                .as_ref()
+                .map(|d| d.identifier().identify(&who, now))
+                .unwrap_or_default()
+        };
+        let lazy = LazyIdentity::new(&make);
         let mut taken = Vec::with_capacity(placements.len());
         let mut wins = Vec::with_capacity(placements.len());
         for &p in placements {
@@ -376,14 +358,19 @@ impl Decider {
                 }
                 Some((gate, delivery)) => {
                     let candidates =
-                        self.candidates(gate, delivery, visitor, Some(p), &taken, &identity, now);
-                    let won = match delivery.settle(gate, candidates, &identity.keys, decision, now)
-                    {
+                        self.candidates(gate, delivery, visitor, Some(p), &taken, &lazy, now);
+                    // Worked out if a capped candidate needed it (then the reservation does).
+                    let keys = if candidates.iter().any(|c| c.capped) {
+                        lazy.keys().clone()
+                    } else {
+                        Keys::default()
+                    };
+                    let won = match delivery.settle(gate, candidates, &keys, decision, now) {
                         Settle::Done(won) => won,
                         Settle::Pending(reserving) => reserving.await,
                     };
                     if let Some(w) = &won {
-                        delivery.hold(gate, w, &identity.keys, decision, now);
+                        delivery.hold(gate, w, &keys, decision, now);
                     }
                     won.map(|w| w.position)
                 }
@@ -403,7 +390,7 @@ impl Decider {
         }
         Slots {
             wins,
-            set_cookie: identity.set_cookie,
+            set_cookie: lazy.into_inner().and_then(|i| i.set_cookie),
         }
     }
 

@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::identity::Keys;
+use super::identity::{Keys, LazyIdentity};
 use super::pacing::Pacer;
 use crate::campaigns::{Campaign, Catalogue, Micros, Pricing};
 use crate::metrics::Excluded;
@@ -262,14 +262,15 @@ impl Gate {
     /// node's lease (charged now) and the cap cache (`at_cap(campaign)`); it ends with the first
     /// candidate without a cap, or after [`MAX_CAPPED`] capped ones. `placement` `None` is
     /// `GET /ad`; `taken` are positions that won earlier slots of the request (avoided while
-    /// another campaign is eligible). `excluded` is told each refusal.
+    /// another campaign is eligible); `identity` is worked out at the first capped candidate.
+    /// `excluded` is told each refusal.
     #[allow(clippy::too_many_arguments)]
     pub fn candidates(
         &self,
         visitor: &Visitor,
         placement: Option<usize>,
         taken: &[usize],
-        keys: Option<&Keys>,
+        identity: Option<&LazyIdentity<'_>>,
         no_identity: NoIdentity,
         mut at_cap: impl FnMut(u32, &Keys) -> bool,
         mut excluded: impl FnMut(Excluded),
@@ -310,7 +311,7 @@ impl Gate {
                 });
                 return found;
             };
-            match self.admit(campaign, runtime, keys, no_identity, &mut at_cap) {
+            match self.admit(campaign, runtime, identity, no_identity, &mut at_cap) {
                 Ok(candidate) => {
                     let capped = candidate.capped;
                     found.push(Candidate {
@@ -334,13 +335,13 @@ impl Gate {
         &self,
         campaign: &Campaign,
         runtime: &Runtime,
-        keys: Option<&Keys>,
+        identity: Option<&LazyIdentity<'_>>,
         no_identity: NoIdentity,
         at_cap: &mut impl FnMut(u32, &Keys) -> bool,
     ) -> Result<Candidate, Excluded> {
         let mut capped = false;
         if campaign.delivery.frequency_cap.is_some() {
-            match keys.filter(|k| !k.is_empty()) {
+            match identity.map(|i| i.keys()).filter(|k| !k.is_empty()) {
                 Some(k) if at_cap(campaign.id, k) => return Err(Excluded::FrequencyCap),
                 Some(_) => capped = true,
                 None if no_identity == NoIdentity::Exclude => return Err(Excluded::FrequencyCap),

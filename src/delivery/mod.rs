@@ -3,7 +3,7 @@
 //!
 //! The request path reads only atomics ([`gate::Gate`]) and, for a capped campaign, asks the
 //! state backend to reserve one of the visitor's views (in memory locally: answered at once;
-//! one Lua script in Redis). Everything that waits runs in [`Delivery::tick`], four times a
+//! one Lua script in Redis). Everything that waits runs in [`Delivery::tick`], once a
 //! second: leases of budget from the [`state::State`] (so a request never waits for a budget,
 //! and no node spends beyond what it was granted), pacing updates, flights, and the
 //! reservations whose impression never came ([`ledger`]).
@@ -41,7 +41,7 @@ use ledger::{Ledger, Reservation};
 use state::{CapAsk, CapReply, LeaseAsk, State, StateError};
 
 /// How often [`Delivery::tick`] runs.
-pub const TICK: Duration = Duration::from_millis(250);
+pub const TICK: Duration = Duration::from_secs(1);
 
 /// Entries of the cache of visitors known to be at a campaign's cap.
 const CAP_CACHE_ENTRIES: usize = 200_000;

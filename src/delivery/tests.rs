@@ -5,6 +5,7 @@ use std::sync::{Arc, LazyLock};
 
 use arc_swap::ArcSwap;
 
+use super::identity::{Identity, LazyIdentity};
 use super::*;
 use crate::campaigns::{Catalogue, file};
 use crate::config::{IdentityConfig, OnOutage};
@@ -77,11 +78,16 @@ fn visitor() -> Visitor {
 /// One `GET /ad` decision: the winner's id (0 for none).
 fn decide(delivery: &Arc<Delivery>, keys: &Keys, now: i64) -> u32 {
     let gate = delivery.gate();
+    let make = || Identity {
+        keys: keys.clone(),
+        set_cookie: None,
+    };
+    let lazy = LazyIdentity::new(&make);
     let candidates = gate.candidates(
         &visitor(),
         None,
         &[],
-        Some(keys),
+        Some(&lazy),
         delivery.no_identity(),
         |c, k| delivery.at_cap(c, k, now),
         |_| {},
@@ -226,12 +232,17 @@ async fn issue11_a_slot_reservation_is_given_back_when_its_impression_never_come
     let keys = Keys(vec![33]);
     e.delivery.tick(DAY).await;
     let gate = e.delivery.gate();
+    let make = || Identity {
+        keys: keys.clone(),
+        set_cookie: None,
+    };
     let decide_slot = |now| {
+        let lazy = LazyIdentity::new(&make);
         let candidates = gate.candidates(
             &visitor(),
             Some(0),
             &[],
-            Some(&keys),
+            Some(&lazy),
             e.delivery.no_identity(),
             |c, k| e.delivery.at_cap(c, k, now),
             |_| {},
