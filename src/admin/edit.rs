@@ -26,7 +26,7 @@ use serde_json::{Map, Value as Json};
 use sha2::{Digest, Sha256};
 use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, Value};
 
-use super::files::{hex, write_atomic};
+use super::files::{Version, hex, write_atomic};
 use super::model::{CampaignDoc, PlacementDoc, Problem};
 use crate::campaigns::{CatalogueHandle, MAX_FILE_BYTES, file, reload};
 use crate::metrics::Metrics;
@@ -142,12 +142,20 @@ impl CampaignsFile {
         let guard = self.writer.lock().await;
         let path = self.path.clone();
         let edited = tokio::task::spawn_blocking(move || {
+            let version = Version::of(&path);
             let mut snapshot = Snapshot::read(&path)?;
             let edited = change(&mut snapshot)?;
             let text = snapshot.doc.to_string();
             file::parse(&text).map_err(|problems| {
                 EditError::Invalid(problems.iter().map(|p| Problem::from_loader(p)).collect())
             })?;
+            // A hand edit saved while this one was being made: keep it, refuse this one.
+            if Version::of(&path) != version {
+                return Err(EditError::Conflict(
+                    "the campaigns file changed while this edit was made; read it again and retry"
+                        .into(),
+                ));
+            }
             write_atomic(&path, text.as_bytes(), None)
                 .map_err(|e| EditError::File(format!("{}: cannot write: {e}", path.display())))?;
             Ok(edited)
@@ -761,6 +769,60 @@ bid = 1.5
         assert!(if_match(&format!("\"x\", W/{one}"), &one));
         assert!(if_match("*", &one));
         assert!(!if_match("\"x\"", &one));
+    }
+
+    #[test]
+    fn a_hand_edit_during_an_edit_wins() {
+        let dir = std::env::temp_dir().join(format!("rotator-edit-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("campaigns.toml");
+        std::fs::write(&path, FILE).unwrap();
+        let catalogue = crate::campaigns::Catalogue::load(&path).unwrap();
+        let file = CampaignsFile::new(
+            path.clone(),
+            Arc::new(arc_swap::ArcSwap::from_pointee(catalogue)),
+            Metrics::new(),
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let hand = path.clone();
+        let result = runtime.block_on(file.edit(move |s| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let text = std::fs::read_to_string(&hand).unwrap();
+            std::fs::write(&hand, text.replace("bid = 1.5", "bid = 1.75")).unwrap();
+            s.update_campaign(2, "*", |c| {
+                c.name = "API".into();
+                Ok(())
+            })
+        }));
+        assert!(matches!(result, Err(EditError::Conflict(_))));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("bid = 1.75") && !text.contains("API"),
+            "{text}"
+        );
+        // Without a hand edit the same change is written and served at once.
+        let (edited, _) = runtime
+            .block_on(file.edit(|s| {
+                s.update_campaign(2, "*", |c| {
+                    c.active = false;
+                    Ok(())
+                })
+            }))
+            .unwrap();
+        assert_eq!(edited.after["active"], false);
+        let served = file.catalogue().load();
+        assert!(
+            !served
+                .campaigns()
+                .iter()
+                .find(|c| c.id == 2)
+                .unwrap()
+                .active
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -184,7 +184,7 @@ mod tests {
             1_800_000_000,
         )
         .unwrap();
-        assert_eq!(q.from, 1_763_942_400);
+        assert_eq!(q.from, 1_795_478_400);
         let rows = vec![ReportRow {
             group: vec!["7".into()],
             requests: 10,

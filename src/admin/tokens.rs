@@ -260,6 +260,16 @@ impl TokenStore {
         if loaded.version == version && version.is_some() {
             return;
         }
+        if let Ok(meta) = std::fs::metadata(&self.path) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    "tokens file {} can be read by others (mode {:o}); chmod 600 it",
+                    self.path.display(),
+                    meta.permissions().mode() & 0o777
+                );
+            }
+        }
         loaded.entries = match read(&self.path) {
             Ok(file) => file
                 .token
