@@ -147,7 +147,7 @@ impl Call<'_> {
                     StatusCode::UNPROCESSABLE_ENTITY,
                     &Problems {
                         problems: vec![Problem {
-                            field: String::new(),
+                            field: body_field(&e.to_string()),
                             message: e.to_string(),
                             line: None,
                             text: e.to_string(),
@@ -291,6 +291,14 @@ pub async fn answer(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> 
         (Route::OpenApi, _) => Ok(openapi()),
     };
     result.unwrap_or_else(|r| *r)
+}
+
+/// The field a body's shape error names (`missing field `bid``, `unknown field `x``), else "".
+fn body_field(message: &str) -> String {
+    ["missing field `", "unknown field `"]
+        .iter()
+        .find_map(|p| message.strip_prefix(p)?.split_once('`'))
+        .map_or_else(String::new, |(field, _)| field.to_string())
 }
 
 async fn read_body(body: Incoming, headers: &HeaderMap) -> Result<Bytes, Response<Body>> {
@@ -533,5 +541,11 @@ mod tests {
         assert_eq!(Route::parse("/campaigns/x"), None);
         assert_eq!(Route::parse("/campaigns/7/nothing"), None);
         assert_eq!(Route::parse("/"), None);
+        assert_eq!(body_field("missing field `bid` at line 1 column 9"), "bid");
+        assert_eq!(
+            body_field("unknown field `colour`, expected one of"),
+            "colour"
+        );
+        assert_eq!(body_field("invalid type: string"), "");
     }
 }

@@ -117,10 +117,14 @@ fn ad_location(s: &Server) -> String {
 fn issue12_management_api() {
     let dir = temp_dir("admin");
     let cfg_path = dir.join("rotator.toml");
+    // The default watch interval: a pause must not wait for the watcher (which needs up to
+    // three intervals to see a change settle).
     let cfg = config(
         "",
         "[admin]\nlisten = \"127.0.0.1:0\"\n[stats]\nflush_interval = \"500ms\"\n",
-    );
+    )
+    .replace("watch_interval = \"200ms\"", "watch_interval = \"1s\"");
+    assert!(cfg.contains("watch_interval = \"1s\""), "{cfg}");
     std::fs::write(&cfg_path, &cfg).unwrap();
     std::fs::write(dir.join("campaigns.toml"), CAMPAIGNS).unwrap();
 
@@ -243,6 +247,7 @@ fn issue12_management_api() {
         Some(&json!({"url": "x"})),
     );
     assert_eq!(r.status, 422, "missing bid: {r:?}");
+    assert_eq!(body(&r)["problems"][0]["field"], "bid", "{r:?}");
     let r = admin.send("PUT", "/campaigns/1", Some(&tag1), Some(&campaign));
     assert_eq!(r.status, 200, "{r:?}");
     let tag1b = r.header("etag").unwrap().to_string();
@@ -308,6 +313,9 @@ fn issue12_management_api() {
     let r = admin.send("POST", "/campaigns/1/pause", Some(&tag1b), None);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(body(&r)["active"], false);
+    // Served no more as soon as the answer came (the edit reloads before answering), and
+    // certainly within 2 s.
+    assert_ne!(ad_location(&s), "https://one.example/");
     let paused = Instant::now();
     while ad_location(&s) == "https://one.example/" {
         assert!(
