@@ -15,6 +15,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod edit;
+mod entries;
 pub mod files;
 pub mod model;
 pub mod openapi;
