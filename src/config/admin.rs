@@ -42,3 +42,21 @@ impl AdminConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_defaults_to_loopback_and_empty_disables() {
+        let mut c = AdminConfig::default();
+        assert_eq!(
+            c.listen_addr().unwrap(),
+            Some("127.0.0.1:8081".parse().unwrap())
+        );
+        c.listen = String::new();
+        assert_eq!(c.listen_addr().unwrap(), None);
+        c.listen = "nowhere".into();
+        assert!(c.listen_addr().unwrap_err().contains("127.0.0.1:8081"));
+    }
+}
