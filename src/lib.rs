@@ -11,6 +11,7 @@
 //! [`decision::Decider`] is the one place where a request becomes a decision, and
 //! [`decision::Decider::record`] the one seam where each decision is counted.
 
+pub mod admin;
 pub mod auction;
 pub mod campaigns;
 pub mod config;

@@ -13,6 +13,8 @@ use arc_swap::ArcSwap;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use rotator::admin::tokens::{self, Role};
+use rotator::admin::{self, Admin, AdminListener};
 use rotator::campaigns::{Catalogue, CatalogueHandle, reload};
 use rotator::config::{Config, LogFormat};
 use rotator::decision::Decider;
@@ -71,6 +73,11 @@ enum Command {
     },
     /// Create the statistics sink's tables (idempotent).
     Migrate,
+    /// Manage the admin API's tokens (`[admin] tokens_file`).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Print requests, impressions and fill rate from the statistics sink.
     Report {
         /// How far back, e.g. 1h, 30m, 7d (default 1h unless --from is given).
@@ -91,6 +98,26 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a token; it is printed once, only its hash is stored.
+    Create {
+        /// What it may do.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Its name (default: the role and a number).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the tokens (names, roles, creation times; never the tokens).
+    List,
+    /// Revoke a token by name; a running server refuses it from its next request on.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
+}
+
 fn main() {
     let cli = Cli::parse();
     let config_path = cli.common.config.clone();
@@ -104,6 +131,7 @@ fn main() {
             stdin,
         } => explain(config_path.as_deref(), ip, &ua, &headers, stdin.is_some()),
         Command::Migrate => migrate(config_path.as_deref()),
+        Command::Token { action } => token(config_path.as_deref(), action),
         Command::Report {
             since,
             from,
@@ -309,6 +337,21 @@ fn serve(path: Option<&Path>) -> Result<()> {
             )));
         }
 
+        // After the ad listener: a server that cannot take ads stops before anything else binds.
+        if let Some(addr) = config.admin_listen()? {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {} (admin)", config.admin.listen))?;
+            tracing::info!("admin listening on {}", listener.local_addr()?);
+            let admin = Admin::new(config, core.catalogue.clone(), metrics.clone(), false)?;
+            tasks.push(tokio::spawn(server::serve(
+                listener,
+                Arc::new(AdminListener(Arc::new(admin))),
+                listeners_rx.clone(),
+                options("admin", admin::MAX_CONNECTIONS),
+            )));
+        }
+
         let ads = tokio::spawn(server::serve(
             ad_listener,
             Arc::new(AdRoutes { decider, tracker }),
@@ -367,15 +410,19 @@ fn check(path: Option<&Path>) -> Result<()> {
     let geoip = core.geoip.load();
     let mut out = std::io::stdout().lock();
     writeln!(out, "config:    {}", c.source_name)?;
+    let or_off = |listen: &str| {
+        if listen.is_empty() {
+            "off".to_string()
+        } else {
+            listen.to_string()
+        }
+    };
     writeln!(
         out,
-        "listen:    ads {}, metrics {}",
+        "listen:    ads {}, metrics {}, admin {}",
         c.server.listen,
-        if c.metrics.listen.is_empty() {
-            "off"
-        } else {
-            &c.metrics.listen
-        }
+        or_off(&c.metrics.listen),
+        or_off(&c.admin.listen)
     )?;
     writeln!(
         out,
@@ -512,6 +559,34 @@ fn migrate(path: Option<&Path>) -> Result<()> {
         .build()?;
     runtime.block_on(sink.migrate())?;
     println!("{}: schema is in place", sink.name());
+    Ok(())
+}
+
+fn token(path: Option<&Path>, action: TokenAction) -> Result<()> {
+    let config = Config::load(path)?;
+    let file = &config.admin.tokens_file;
+    match action {
+        TokenAction::Create { role, name } => {
+            let (token, entry) = tokens::create(file, role, name.as_deref())?;
+            eprintln!(
+                "token {:?} ({}) stored as a hash in {}; shown this once:",
+                entry.name,
+                entry.role.as_str(),
+                file.display()
+            );
+            println!("{token}");
+        }
+        TokenAction::List => {
+            let mut out = std::io::stdout().lock();
+            for t in tokens::list(file)? {
+                writeln!(out, "{}\t{}\t{}", t.name, t.role.as_str(), t.created)?;
+            }
+        }
+        TokenAction::Revoke { name } => {
+            let entry = tokens::revoke(file, &name)?;
+            println!("revoked {:?} ({})", entry.name, entry.role.as_str());
+        }
+    }
     Ok(())
 }
 

@@ -17,9 +17,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::visitor::client_ip::{ClientIpRule, TrustedProxies};
 
+mod admin;
 mod checks;
 mod env;
 mod sections;
+
+pub use admin::AdminConfig;
 
 use checks::too_wide;
 pub use checks::{check_log_level, check_url};
@@ -119,6 +122,8 @@ pub struct Config {
     pub state: StateConfig,
     /// How a visitor is recognised for frequency caps.
     pub identity: IdentityConfig,
+    /// The management listener, its tokens and audit log.
+    pub admin: AdminConfig,
     /// Where this configuration came from: the file, or `<defaults>`. Not a key.
     #[serde(skip)]
     pub source_name: String,
@@ -199,6 +204,8 @@ impl Config {
             &mut self.tracking.secret_file,
             &mut self.tracking.seen_file,
             &mut self.state.dir,
+            &mut self.admin.tokens_file,
+            &mut self.admin.audit_log,
         ]
         .into_iter()
         .chain(&mut self.tracking.previous_secret_files)
@@ -263,6 +270,7 @@ impl Config {
             return Err(self.invalid("server", "max_connections", "must be more than zero".into()));
         }
         self.listeners_apart()?;
+        self.admin_listen()?;
         for (section, key, value, range) in [
             (
                 "server",
@@ -489,6 +497,14 @@ impl Config {
                 ),
             )
         })
+    }
+
+    /// The management listener address, or `None` when disabled. A port it shares with another
+    /// listener is left to the bind to refuse (port 0 in tests is never shared).
+    pub fn admin_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        self.admin
+            .listen_addr()
+            .map_err(|m| self.invalid("admin", "listen", m))
     }
 
     /// The client-IP rule: trusted proxy networks and the header read from them (validated at

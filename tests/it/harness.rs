@@ -49,6 +49,9 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Metrics listener.
     pub metrics: Option<SocketAddr>,
+    /// Admin listener: only when the config has an `[admin]` section (else it is disabled, so
+    /// parallel servers never meet on its default port).
+    pub admin: Option<SocketAddr>,
     /// Its folder (config, campaigns, data).
     pub dir: PathBuf,
     log: Arc<Mutex<String>>,
@@ -112,6 +115,11 @@ impl Server {
             }
             None => Command::new(env!("CARGO_BIN_EXE_rotator")),
         };
+        let wants_admin = std::fs::read_to_string(dir.join("rotator.toml"))
+            .is_ok_and(|text| text.contains("[admin]"));
+        if !wants_admin {
+            command.env("ROTATOR_ADMIN_LISTEN", "");
+        }
         let mut child = command
             .args(["serve", "--config"])
             .arg(dir.join("rotator.toml"))
@@ -144,14 +152,17 @@ impl Server {
         };
         loop {
             let text = log.lock().unwrap().clone();
-            if let (Some(addr), Some(metrics)) = (
+            let admin = find(&text, "admin listening on ");
+            if let (Some(addr), Some(metrics), true) = (
                 find(&text, "ads listening on "),
                 find(&text, "metrics listening on "),
+                admin.is_some() || !wants_admin,
             ) {
                 return Server {
                     child,
                     addr,
                     metrics: Some(metrics),
+                    admin,
                     dir: dir.to_path_buf(),
                     log,
                 };

@@ -1,5 +1,6 @@
 //! The one integration-test binary: the real server over HTTP, and the real databases.
 
+mod admin;
 mod allocations;
 mod browser;
 mod cli;
