@@ -18,6 +18,7 @@ use rotator::config::{Config, LogFormat};
 use rotator::decision::Decider;
 use rotator::http::routes::{AdRoutes, AdminRoutes};
 use rotator::http::server::{self, ServeOptions};
+use rotator::http::tls::Tls;
 use rotator::metrics::Metrics;
 use rotator::shutdown;
 use rotator::stats::Stats;
@@ -211,6 +212,18 @@ fn serve(path: Option<&Path>) -> Result<()> {
         max_connections,
         send_timeout: config.server.send_timeout,
         metrics: metrics.connections(listener),
+        tls: None,
+    };
+    let tls = if config.server.tls_cert.as_os_str().is_empty() {
+        None
+    } else {
+        let tls = Tls::load(
+            &config.server.tls_cert,
+            &config.server.tls_key,
+            metrics.tls("ads"),
+        )
+        .context("[server] tls_cert and tls_key")?;
+        Some(Arc::new(tls))
     };
     let stats = Stats::start(&config.stats, workers * 2, metrics.clone(), stats_rx, grace)?;
     let decider = Arc::new(decider(
@@ -257,10 +270,17 @@ fn serve(path: Option<&Path>) -> Result<()> {
             metrics.clone(),
             listeners_rx.clone(),
         ));
+        if let Some(tls) = &tls {
+            tokio::spawn(
+                tls.clone()
+                    .watch(config.server.tls_watch_interval, listeners_rx.clone()),
+            );
+        }
         let ad_listener = tokio::net::TcpListener::bind(config.server_listen()?)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-        tracing::info!("ads listening on {}", ad_listener.local_addr()?);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!("ads listening on {} ({scheme})", ad_listener.local_addr()?);
         let mut tasks = Vec::new();
         if let Some(addr) = config.metrics_listen()? {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -283,7 +303,10 @@ fn serve(path: Option<&Path>) -> Result<()> {
             ad_listener,
             Arc::new(AdRoutes { decider, tracker }),
             listeners_rx,
-            options("ads", max_connections),
+            ServeOptions {
+                tls,
+                ..options("ads", max_connections)
+            },
         ));
         let signal = signals.await;
         tracing::info!("{signal}: stopping; in-flight requests have {grace:?} to finish");

@@ -194,6 +194,12 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
+        // Empty means "no TLS", not the config's folder.
+        for p in [&mut self.server.tls_cert, &mut self.server.tls_key] {
+            if !p.as_os_str().is_empty() && p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
     }
 
     /// Moves a `user:password@` of `[stats.clickhouse] url` into `user` and `password`. The
@@ -250,6 +256,15 @@ impl Config {
             return Err(self.invalid("server", "max_connections", "must be more than zero".into()));
         }
         self.listeners_apart()?;
+        if self.server.tls_cert.as_os_str().is_empty() != self.server.tls_key.as_os_str().is_empty()
+        {
+            let (key, other) = if self.server.tls_key.as_os_str().is_empty() {
+                ("tls_key", "tls_cert")
+            } else {
+                ("tls_cert", "tls_key")
+            };
+            return Err(self.invalid("server", key, format!("must be set with {other}")));
+        }
         for (section, key, value, range) in [
             (
                 "server",
@@ -273,6 +288,12 @@ impl Config {
                 "geoip",
                 "watch_interval",
                 self.geoip.watch_interval,
+                INTERVAL_RANGE,
+            ),
+            (
+                "server",
+                "tls_watch_interval",
+                self.server.tls_watch_interval,
                 INTERVAL_RANGE,
             ),
             (

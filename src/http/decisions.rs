@@ -279,7 +279,12 @@ fn decide(
     let (ip, ua) = visitor_identity(decider, head, &request, peer.ip())?;
     let (visitor, _, geo_ok) = decider.visitor(ip, ua.as_deref());
     let wins = decider.decide_slots(&catalogue, &visitor, &placements);
-    let base = tracker.base_url(&head.headers, decider.client_ip.proxies.contains(peer.ip()));
+    let secure = head.extensions.get::<super::tls::Secure>().is_some();
+    let base = tracker.base_url(
+        &head.headers,
+        decider.client_ip.proxies.contains(peer.ip()),
+        secure,
+    );
     let mut decisions = Vec::with_capacity(wins.len());
     for ((slot, &placement), win) in request.placements.iter().zip(&placements).zip(&wins) {
         if let Some(placement) = catalogue.placements().get(placement) {
