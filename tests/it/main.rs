@@ -13,6 +13,7 @@ mod server;
 mod sinks;
 mod stats;
 mod support;
+mod tls;
 mod tracking;
 mod upgrade;
 mod user_agents;
