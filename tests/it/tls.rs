@@ -164,17 +164,58 @@ fn start(dir: &Path, openssl: &Path) -> Server {
     )
 }
 
+/// An HTTP/2 client in Python (standard library only): the SETTINGS rotator sends after the
+/// preface, and how long a connection that completed the handshake but sends nothing stays open.
+const H2_PROBE: &str = r#"import json, socket, ssl, struct, sys, time
+port = int(sys.argv[1])
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["h2"])
+def connect():
+    return ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
+silent = connect()
+talker = connect()
+talker.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">I", 0)[1:] + b"\x04\x00" + b"\x00\x00\x00\x00")
+buf = b""
+while len(buf) < 9 or len(buf) < 9 + int.from_bytes(buf[:3], "big"):
+    buf += talker.recv(4096)
+length, kind = int.from_bytes(buf[:3], "big"), buf[3]
+settings = {}
+for i in range(9, 9 + length, 6):
+    ident, value = struct.unpack(">HI", buf[i:i + 6])
+    settings[ident] = value
+start = time.time()
+silent.settimeout(60)
+try:
+    while silent.recv(4096):
+        pass
+except OSError:
+    pass
+print(json.dumps({"alpn": silent.selected_alpn_protocol(), "frame": kind, "settings": settings, "silent_closed_after": time.time() - start}))
+"#;
+
 /// Every surface answers the same over HTTP/2 and HTTP/1.1 with TLS; tracking URLs are
-/// `https://`; TLS 1.1 is refused; `/metrics` stays plain HTTP on its own listener.
+/// `https://`; TLS 1.1 is refused; `/metrics` stays plain HTTP on its own listener; HTTP/2 keeps
+/// HTTP/1.1's limits (header size, bounded streams, an idle connection is closed).
 #[test]
 fn https_serves_every_surface_over_h2_and_h1() {
     let Some((openssl, curl_bin)) = tools() else {
+        return;
+    };
+    let Some(python) = tool("python3") else {
         return;
     };
     let dir = temp_dir("tls-surfaces");
     let server = start(&dir, &openssl);
     let base = format!("https://127.0.0.1:{}", server.addr.port());
     let curl = |args: &[&str]| curl(&curl_bin, args);
+    // Runs beside the rest: its silent connection must be closed by the idle timeout.
+    let port = server.addr.port().to_string();
+    let probe = std::thread::spawn(move || {
+        Command::new(python)
+            .args(["-c", H2_PROBE, &port])
+            .output()
+            .unwrap()
+    });
     for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
         let ad = curl(&[
             flag,
@@ -289,6 +330,47 @@ fn https_serves_every_surface_over_h2_and_h1() {
     ]);
     assert_eq!(metrics, "200");
     assert_expiry_in(&server, 30);
+    // HTTP/1.1's header limit holds over HTTP/2.
+    let big = format!("X-Big: {}", "a".repeat(20_000));
+    let out = Command::new(&curl_bin)
+        .args([
+            "-vsk",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-H",
+            &big,
+            &format!("{base}/ad"),
+        ])
+        .output()
+        .unwrap();
+    let verbose = String::from_utf8_lossy(&out.stderr);
+    assert!(verbose.contains("< HTTP/2 431"), "{verbose}");
+
+    // The limits rotator announces, and a connection that sends nothing is closed after 10 to
+    // 20 s (H2_IDLE_TIMEOUT).
+    let out = probe.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let probed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(probed["alpn"], "h2");
+    assert_eq!(probed["frame"], 4, "SETTINGS first: {probed}");
+    assert_eq!(
+        probed["settings"]["3"], 100,
+        "max concurrent streams: {probed}"
+    );
+    assert_eq!(
+        probed["settings"]["6"], 16384,
+        "max header list size: {probed}"
+    );
+    let closed = probed["silent_closed_after"].as_f64().unwrap();
+    assert!(
+        (9.0..22.0).contains(&closed),
+        "silent connection closed after {closed} s"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
