@@ -18,7 +18,7 @@ use rotator::config::{Config, LogFormat};
 use rotator::decision::Decider;
 use rotator::http::routes::{AdRoutes, AdminRoutes};
 use rotator::http::server::{self, ServeOptions};
-use rotator::http::tls::Tls;
+use rotator::http::tls::{self, Tls};
 use rotator::metrics::Metrics;
 use rotator::shutdown;
 use rotator::stats::Stats;
@@ -367,6 +367,16 @@ fn check(path: Option<&Path>) -> Result<()> {
             &c.metrics.listen
         }
     )?;
+    if !c.server.tls_cert.as_os_str().is_empty() {
+        let pair = tls::load_pair(&c.server.tls_cert, &c.server.tls_key)
+            .context("[server] tls_cert and tls_key")?;
+        writeln!(
+            out,
+            "tls:       {} (expires {})",
+            c.server.tls_cert.display(),
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(pair.not_after))
+        )?;
+    }
     writeln!(
         out,
         "geoip:     {} ({}, built {})",

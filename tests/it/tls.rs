@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fantoccini::Locator;
 use serde_json::Value;
 
-use crate::harness::{Server, config, request, temp_dir};
+use crate::harness::{Server, config, request, run, temp_dir};
 use crate::server::CHROME;
 use crate::support::tool;
 
@@ -469,7 +469,15 @@ fn certificates_reload_without_dropping_connections() {
     assert_eq!((metric(&server, ok), metric(&server, error)), (1, 0));
     assert_expiry_in(&server, 60);
 
-    // Not a certificate: refused, the second one keeps serving.
+    let config = dir.join("rotator.toml");
+    let (status, stdout, stderr) = run(&["check", "--config", config.to_str().unwrap()], None);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.contains("tls:       ") && stdout.contains("(expires 20"),
+        "{stdout}"
+    );
+
+    // Not a certificate: refused, the second one keeps serving; `check` says why.
     let good_cert = std::fs::read(&cert).unwrap();
     std::fs::write(
         &cert,
@@ -482,6 +490,11 @@ fn certificates_reload_without_dropping_connections() {
     );
     assert_eq!(served_name(&openssl, server.addr), "second");
     assert_eq!(metric(&server, error), 1);
+    let (status, _, stderr) = run(&["check", "--config", config.to_str().unwrap()], None);
+    assert!(
+        !status.success() && stderr.contains("tls.crt: not an X.509 certificate"),
+        "{stderr}"
+    );
 
     // A valid certificate with another key: refused too.
     std::fs::write(&cert, &good_cert).unwrap();
