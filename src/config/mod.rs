@@ -589,6 +589,32 @@ mod tests {
         assert!(err.contains("max_connections"), "{err}");
     }
 
+    /// Issue 13: TLS is off by default; a certificate needs its key (and the other way round);
+    /// relative paths resolve against the config file's folder.
+    #[test]
+    fn issue13_tls_files_come_in_pairs() {
+        let c = load("", &[]).unwrap();
+        assert!(
+            c.server.tls_cert.as_os_str().is_empty() && c.server.tls_key.as_os_str().is_empty()
+        );
+        for (text, expected) in [
+            (
+                "[server]\ntls_cert = \"a.pem\"\n",
+                "[server] tls_key: must be set with tls_cert",
+            ),
+            (
+                "[server]\ntls_key = \"a.key\"\n",
+                "[server] tls_cert: must be set with tls_key",
+            ),
+        ] {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+        let c = load("[server]\ntls_cert = \"a.pem\"\ntls_key = \"a.key\"\n", &[]).unwrap();
+        assert!(c.server.tls_cert.is_absolute() && c.server.tls_cert.ends_with("a.pem"));
+        assert!(c.server.tls_key.is_absolute() && c.server.tls_key.ends_with("a.key"));
+    }
+
     /// Issue 9, item 1: loopback only by default, one header, named by the operator.
     #[test]
     fn issue9_client_ip_defaults_and_overrides() {
