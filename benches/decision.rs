@@ -501,7 +501,41 @@ fn bench_decision(c: &mut Criterion, f: &Fixture) {
     g.finish();
 }
 
+/// Issue 13: the trusted-proxy check (CIDR matching) and the X-Forwarded-For walk, with the
+/// serving default networks plus a few more (what an operator names).
+fn bench_client_ip(c: &mut Criterion) {
+    use rotator::visitor::client_ip::{ClientIpHeader, ClientIpRule, TrustedProxies};
+    let proxies = TrustedProxies::parse(&[
+        "127.0.0.0/8",
+        "::1/128",
+        "10.1.2.3/32",
+        "192.168.0.0/16",
+        "2001:db8::/32",
+    ])
+    .expect("networks");
+    let rule = ClientIpRule {
+        proxies,
+        header: ClientIpHeader::XForwardedFor,
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        HeaderName::from_static("x-forwarded-for"),
+        HeaderValue::from_static("203.0.113.9, 77.88.8.8, 10.1.2.3"),
+    );
+    let peer: IpAddr = "127.0.0.1".parse().expect("address");
+    let outside: IpAddr = "8.8.8.8".parse().expect("address");
+    let mut g = c.benchmark_group("client_ip");
+    g.bench_function("trusted_xff_chain", |b| {
+        b.iter(|| rule.client_ip(black_box(peer), black_box(&headers)))
+    });
+    g.bench_function("untrusted_peer", |b| {
+        b.iter(|| rule.proxies.contains(black_box(outside)))
+    });
+    g.finish();
+}
+
 fn benches(c: &mut Criterion) {
+    bench_client_ip(c);
     let f = fixture();
     bench_user_agent(c, &f);
     bench_geoip(c, &f);

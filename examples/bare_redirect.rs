@@ -3,11 +3,16 @@
 //! request with a fixed `303 See Other` to `https://example.com`. No visitor, auction, statistics
 //! or metrics: what is left is the cost of HTTP itself.
 //!
-//! Usage: `cargo run --release --example bare_redirect [ADDR]` (default `127.0.0.1:8090`).
+//! Usage: `cargo run --release --example bare_redirect [ADDR] [--tls CERT KEY]` (default
+//! `127.0.0.1:8090`). With `--tls`, HTTPS with HTTP/2 and HTTP/1.1 through rotator's own TLS
+//! setup and connection loop (`http::tls`, `server::serve`), so `scripts/bench --tls` compares
+//! only what rotator does per request.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -18,6 +23,8 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rotator::http::server;
+use rotator::http::tls::Tls;
+use rotator::metrics::Metrics;
 use tokio::net::TcpListener;
 
 fn redirect() -> Response<Full<Bytes>> {
@@ -29,11 +36,29 @@ fn redirect() -> Response<Full<Bytes>> {
     response
 }
 
+/// Answers every request with [`redirect`], for `server::serve`.
+struct Bare;
+
+impl server::Handler for Bare {
+    fn handle(&self, _req: Request<Incoming>, _peer: SocketAddr) -> server::Reply {
+        server::Reply::Now(redirect())
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr: SocketAddr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8090".into())
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let addr: SocketAddr = args
+        .first()
+        .map_or("127.0.0.1:8090", String::as_str)
         .parse()?;
+    let tls = match args.get(1..4) {
+        Some([flag, cert, key]) if flag == "--tls" => Some(Arc::new(Tls::load(
+            Path::new(cert),
+            Path::new(key),
+            Metrics::new().tls("bare"),
+        )?)),
+        _ => None,
+    };
     // Same worker count as `rotator serve`.
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -43,6 +68,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     runtime.block_on(async move {
         let listener = TcpListener::bind(addr).await?;
         eprintln!("listening on {}", listener.local_addr()?);
+        if let Some(tls) = tls {
+            let metrics = Metrics::new();
+            let (_stop, shutdown) = tokio::sync::watch::channel(false);
+            let options = server::ServeOptions {
+                grace: Duration::from_secs(1),
+                max_connections: 100_000,
+                send_timeout: Duration::from_secs(10),
+                metrics: metrics.connections("bare"),
+                tls: Some(tls),
+            };
+            server::serve(listener, Arc::new(Bare), shutdown, options).await;
+            return Ok(());
+        }
         let builder = Arc::new(server::connection_builder());
         loop {
             let (stream, _peer) = match listener.accept().await {

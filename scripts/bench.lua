@@ -19,6 +19,10 @@ function init(args)
          local ip, ua = line:match("^([^\t]*)\t([^\t]*)")
          if ip and ip ~= "" then
             local headers = { ["X-Forwarded-For"] = ip }
+            -- scripts/bench --tls handshake: a new connection (and TLS handshake) per request.
+            if os.getenv("BENCH_CLOSE") == "1" then
+               headers["Connection"] = "close"
+            end
             if ua ~= "" then
                headers["User-Agent"] = ua
             end

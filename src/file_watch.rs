@@ -148,6 +148,11 @@ impl Watcher {
         self.settling = None;
     }
 
+    /// Whether a change was seen that has not settled yet.
+    pub fn settling(&self) -> bool {
+        self.settling.is_some()
+    }
+
     /// One check: whether the file changed since it was loaded and has now settled (then it is
     /// taken as loaded). A file that disappeared is not loaded; its return is a change.
     pub fn check(&mut self) -> bool {
@@ -199,6 +204,22 @@ pub fn watch<F, Fut>(
     path: PathBuf,
     what: &'static str,
     interval: Duration,
+    shutdown: watch::Receiver<bool>,
+    reload: F,
+) -> impl Future<Output = ()>
+where
+    F: FnMut(Cause) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    watch_all(vec![path], what, interval, shutdown, reload)
+}
+
+/// [`watch`](fn@watch) for files that are loaded together (a certificate and its key): one
+/// `reload` when any of them changed and settled, and one on SIGHUP.
+pub fn watch_all<F, Fut>(
+    paths: Vec<PathBuf>,
+    what: &'static str,
+    interval: Duration,
     mut shutdown: watch::Receiver<bool>,
     mut reload: F,
 ) -> impl Future<Output = ()>
@@ -213,17 +234,24 @@ where
             None
         }
     };
-    let mut watcher = Watcher::new(path);
+    let mut watchers: Vec<Watcher> = paths.into_iter().map(Watcher::new).collect();
+    let mut changed = false;
     async move {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {
-                    if watcher.check() {
+                    // Every file is checked (no short-circuit): each keeps its own settling.
+                    changed = watchers.iter_mut().fold(changed, |any, w| w.check() | any);
+                    // Once none is still settling: a certificate and its key replaced one after
+                    // the other are loaded once, together.
+                    if changed && !watchers.iter().any(Watcher::settling) {
+                        changed = false;
                         reload(Cause::Changed).await;
                     }
                 }
                 Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    watcher.mark_loaded();
+                    watchers.iter_mut().for_each(Watcher::mark_loaded);
+                    changed = false;
                     reload(Cause::Hangup).await;
                 }
                 _ = crate::shutdown::wait(&mut shutdown) => return,

@@ -23,6 +23,7 @@ use rotator::delivery::state::State;
 use rotator::delivery::{self, Delivery};
 use rotator::http::routes::{AdRoutes, AdminRoutes};
 use rotator::http::server::{self, ServeOptions};
+use rotator::http::tls::{self, Tls};
 use rotator::metrics::Metrics;
 use rotator::shutdown;
 use rotator::stats::Stats;
@@ -242,6 +243,18 @@ fn serve(path: Option<&Path>) -> Result<()> {
         max_connections,
         send_timeout: config.server.send_timeout,
         metrics: metrics.connections(listener),
+        tls: None,
+    };
+    let tls = if config.server.tls_cert.as_os_str().is_empty() {
+        None
+    } else {
+        let tls = Tls::load(
+            &config.server.tls_cert,
+            &config.server.tls_key,
+            metrics.tls("ads"),
+        )
+        .context("[server] tls_cert and tls_key")?;
+        Some(Arc::new(tls))
     };
     let stats = Stats::start(&config.stats, workers * 2, metrics.clone(), stats_rx, grace)?;
     let decider = decider(&core, metrics.clone(), Some(stats.aggregator.clone()))?;
@@ -315,10 +328,17 @@ fn serve(path: Option<&Path>) -> Result<()> {
             metrics.clone(),
             listeners_rx.clone(),
         ));
+        if let Some(tls) = &tls {
+            tokio::spawn(
+                tls.clone()
+                    .watch(config.server.tls_watch_interval, listeners_rx.clone()),
+            );
+        }
         let ad_listener = tokio::net::TcpListener::bind(config.server_listen()?)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-        tracing::info!("ads listening on {}", ad_listener.local_addr()?);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!("ads listening on {} ({scheme})", ad_listener.local_addr()?);
         let mut tasks = Vec::new();
         if let Some(addr) = config.metrics_listen()? {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -356,7 +376,10 @@ fn serve(path: Option<&Path>) -> Result<()> {
             ad_listener,
             Arc::new(AdRoutes { decider, tracker }),
             listeners_rx,
-            options("ads", max_connections),
+            ServeOptions {
+                tls,
+                ..options("ads", max_connections)
+            },
         ));
         let signal = signals.await;
         tracing::info!("{signal}: stopping; in-flight requests have {grace:?} to finish");
@@ -424,6 +447,16 @@ fn check(path: Option<&Path>) -> Result<()> {
         or_off(&c.metrics.listen),
         or_off(&c.admin.listen)
     )?;
+    if !c.server.tls_cert.as_os_str().is_empty() {
+        let pair = tls::load_pair(&c.server.tls_cert, &c.server.tls_key)
+            .context("[server] tls_cert and tls_key")?;
+        writeln!(
+            out,
+            "tls:       {} (expires {})",
+            c.server.tls_cert.display(),
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(pair.not_after))
+        )?;
+    }
     writeln!(
         out,
         "geoip:     {} ({}, built {})",

@@ -120,6 +120,21 @@ pub struct Metrics {
     tracking_events: Vec<IntCounter>,
     /// Spend, budgets, pacing, exclusions and the state backend (issue 11).
     delivery: delivery::DeliveryMetrics,
+    /// `rotator_tls_certificate_expiry_timestamp_seconds` by listener.
+    tls_expiry: prometheus::IntGaugeVec,
+    /// `rotator_tls_reloads_total` by listener and result.
+    tls_reloads: IntCounterVec,
+}
+
+/// The certificate series of one TLS listener.
+#[derive(Clone)]
+pub struct TlsMetrics {
+    /// When the served certificate expires, seconds since the Unix epoch.
+    pub expiry: IntGauge,
+    /// Reloads that published a new pair.
+    pub reloads_ok: IntCounter,
+    /// Reloads refused (the previous pair kept serving).
+    pub reloads_error: IntCounter,
 }
 
 /// The connection series of every listener, by label `listener` (`ads`, `metrics`).
@@ -308,6 +323,26 @@ impl Metrics {
                 "rotator_geoip_build_timestamp_seconds",
                 "Build time of the loaded GeoIP database, Unix seconds.",
             ),
+            tls_expiry: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "rotator_tls_certificate_expiry_timestamp_seconds",
+                        "When the served TLS certificate expires (not after), Unix seconds.",
+                    ),
+                    &["listener"],
+                )
+                .expect("valid metric name");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            tls_reloads: counter_vec(
+                &registry,
+                "rotator_tls_reloads_total",
+                "TLS certificate reloads by listener and result.",
+                &["listener", "result"],
+            ),
             stats_ready: AtomicBool::new(true),
             connections: ConnectionVecs {
                 open: {
@@ -470,6 +505,15 @@ impl Metrics {
             refused: c.refused.with_label_values(&[listener]),
             accept_errors: c.accept_errors.with_label_values(&[listener]),
             send_timeouts: c.send_timeouts.with_label_values(&[listener]),
+        }
+    }
+
+    /// The certificate series of TLS `listener` (`ads`), both reload results from the start.
+    pub fn tls(&self, listener: &str) -> TlsMetrics {
+        TlsMetrics {
+            expiry: self.tls_expiry.with_label_values(&[listener]),
+            reloads_ok: self.tls_reloads.with_label_values(&[listener, "ok"]),
+            reloads_error: self.tls_reloads.with_label_values(&[listener, "error"]),
         }
     }
 

@@ -214,6 +214,12 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
+        // Empty means "no TLS", not the config's folder.
+        for p in [&mut self.server.tls_cert, &mut self.server.tls_key] {
+            if !p.as_os_str().is_empty() && p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
     }
 
     /// Moves a `user:password@` of `[stats.clickhouse] url` into `user` and `password`. The
@@ -271,6 +277,15 @@ impl Config {
         }
         self.listeners_apart()?;
         self.admin_listen()?;
+        if self.server.tls_cert.as_os_str().is_empty() != self.server.tls_key.as_os_str().is_empty()
+        {
+            let (key, other) = if self.server.tls_key.as_os_str().is_empty() {
+                ("tls_key", "tls_cert")
+            } else {
+                ("tls_cert", "tls_key")
+            };
+            return Err(self.invalid("server", key, format!("must be set with {other}")));
+        }
         for (section, key, value, range) in [
             (
                 "server",
@@ -294,6 +309,12 @@ impl Config {
                 "geoip",
                 "watch_interval",
                 self.geoip.watch_interval,
+                INTERVAL_RANGE,
+            ),
+            (
+                "server",
+                "tls_watch_interval",
+                self.server.tls_watch_interval,
                 INTERVAL_RANGE,
             ),
             (
@@ -653,6 +674,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_connections"), "{err}");
+    }
+
+    /// Issue 13: TLS is off by default; a certificate needs its key (and the other way round);
+    /// relative paths resolve against the config file's folder.
+    #[test]
+    fn issue13_tls_files_come_in_pairs() {
+        let c = load("", &[]).unwrap();
+        assert!(
+            c.server.tls_cert.as_os_str().is_empty() && c.server.tls_key.as_os_str().is_empty()
+        );
+        for (text, expected) in [
+            (
+                "[server]\ntls_cert = \"a.pem\"\n",
+                "[server] tls_key: must be set with tls_cert",
+            ),
+            (
+                "[server]\ntls_key = \"a.key\"\n",
+                "[server] tls_cert: must be set with tls_key",
+            ),
+        ] {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+        let c = load("[server]\ntls_cert = \"a.pem\"\ntls_key = \"a.key\"\n", &[]).unwrap();
+        assert!(c.server.tls_cert.is_absolute() && c.server.tls_cert.ends_with("a.pem"));
+        assert!(c.server.tls_key.is_absolute() && c.server.tls_key.ends_with("a.key"));
     }
 
     /// Issue 9, item 1: loopback only by default, one header, named by the operator.

@@ -34,6 +34,14 @@ pub struct ServerConfig {
     /// closed (like nginx's `send_timeout`).
     #[serde(with = "duration_str")]
     pub send_timeout: Duration,
+    /// PEM certificate chain (leaf first) for native HTTPS with HTTP/2; empty (the default):
+    /// plain HTTP/1.1. Set with `tls_key`. Watched and reloaded without a restart.
+    pub tls_cert: PathBuf,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: PathBuf,
+    /// How often `tls_cert` and `tls_key` are checked for changes (SIGHUP reloads at once).
+    #[serde(with = "duration_str")]
+    pub tls_watch_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +55,9 @@ impl Default for ServerConfig {
             client_ip_header: ClientIpHeader::default(),
             max_connections: 10_000,
             send_timeout: Duration::from_secs(10),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            tls_watch_interval: Duration::from_secs(1),
         }
     }
 }

@@ -321,7 +321,12 @@ async fn decide(
     let Slots { wins, set_cookie } = decider
         .decide_slots(&view, &visitor, &placements, who)
         .await;
-    let base = tracker.base_url(&head.headers, decider.client_ip.proxies.contains(peer.ip()));
+    let secure = head.extensions.get::<super::tls::Secure>().is_some();
+    let base = tracker.base_url(
+        &head.headers,
+        decider.client_ip.proxies.contains(peer.ip()),
+        secure,
+    );
     let mut decisions = Vec::with_capacity(wins.len());
     for ((slot, &placement), win) in request.placements.iter().zip(&placements).zip(&wins) {
         if let Some(placement) = catalogue.placements().get(placement) {

@@ -6,6 +6,7 @@ pub mod guarded;
 pub mod routes;
 pub mod server;
 pub mod tags;
+pub mod tls;
 pub mod tracking;
 
 /// The body type of every response: small and complete.

@@ -1,9 +1,12 @@
-//! The connection loop shared by the ad and metrics listeners (hyper, HTTP/1.1, keep-alive).
+//! The connection loop shared by the ad and metrics listeners (hyper, HTTP/1.1, keep-alive; over
+//! TLS also HTTP/2, chosen by ALPN: see [`super::tls`]).
 //!
 //! Limits: at most `max_connections` open per listener (more are closed at once and counted),
 //! every socket [`Guarded`] (a send timeout, an answer to HTTP/2 prefaces), and
 //! the soft file descriptor limit raised to the hard one at start ([`raise_fd_limit`]), as Go's
-//! runtime does, so a few thousand idle connections do not starve `accept`.
+//! runtime does, so a few thousand idle connections do not starve `accept`. Over TLS, the
+//! handshake must end within [`HEADER_READ_TIMEOUT`]; HTTP/2 connections keep HTTP/1.1's limits
+//! ([`h2_builder`]).
 //!
 //! Shutdown follows mini-redis: when the shutdown value fires, the loop stops accepting, every
 //! connection is told to finish its in-flight request and close, and the loop waits until the last
@@ -16,15 +19,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::header::{HOST, HeaderValue};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use super::Body;
 use super::guarded::Guarded;
+use super::tls::{Secure, Tls};
 use crate::metrics::ConnectionMetrics;
 
 /// Largest request head (request line and headers) accepted; larger gets 431. hyper's minimum
@@ -33,6 +38,22 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// How long a client may take to send its request head (slowloris protection).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Streams one HTTP/2 connection may have open at once (nginx: 128); a page's slots and beacons
+/// need a handful.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// How often an HTTP/2 connection with nothing to do is checked: one that started no request
+/// and had none in flight for a whole interval is closed (GOAWAY). Between one and two intervals,
+/// like HTTP/1.1's [`HEADER_READ_TIMEOUT`] between requests.
+pub const H2_IDLE_TIMEOUT: Duration = HEADER_READ_TIMEOUT;
+
+/// How long an idle HTTP/2 connection has to close after its GOAWAY.
+const H2_GOAWAY_WAIT: Duration = Duration::from_secs(1);
+
+/// HTTP/2 pings a connection that has been silent this long; no answer within the same time
+/// closes it (a peer that vanished with streams open).
+pub const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 
 /// File descriptors kept free for everything but the ad listener's connections (metrics
 /// connections, statistics sink, spool and campaign files, the runtime's own).
@@ -58,6 +79,8 @@ pub struct ServeOptions {
     pub send_timeout: Duration,
     /// The listener's connection series.
     pub metrics: ConnectionMetrics,
+    /// HTTPS (HTTP/2 and HTTP/1.1) instead of plain HTTP/1.1.
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns (before, after). Every accepted
@@ -152,6 +175,89 @@ pub fn connection_builder() -> http1::Builder {
     builder
 }
 
+/// The HTTP/2 settings of every TLS connection that chose `h2`: HTTP/1.1's header size limit,
+/// bounded streams, and pings for a vanished peer (the idle timeout is [`H2_IDLE_TIMEOUT`]).
+/// hyper's own defaults bound the rest: reset floods (`max_pending_accept_reset_streams`,
+/// `max_local_error_reset_streams`) and the buffered bytes per stream (`max_send_buf_size`).
+pub fn h2_builder() -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_INTERVAL);
+    builder
+}
+
+/// Requests of one HTTP/2 connection: started, and in flight now (for the idle timeout).
+#[derive(Default)]
+struct Activity {
+    started: AtomicUsize,
+    in_flight: AtomicUsize,
+}
+
+/// One request in flight; dropping it ends it.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>) -> InFlight {
+        activity.started.fetch_add(1, Ordering::Relaxed);
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs `conn` until it ends (`false`) or it has been idle for [`H2_IDLE_TIMEOUT`] (`true`).
+async fn until_idle<F: Future>(mut conn: Pin<&mut F>, activity: &Activity) -> bool {
+    let mut seen = activity.started.load(Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return false,
+            _ = tokio::time::sleep(H2_IDLE_TIMEOUT) => {
+                let started = activity.started.load(Ordering::Relaxed);
+                if started == seen && activity.in_flight.load(Ordering::Relaxed) == 0 {
+                    return true;
+                }
+                seen = started;
+            }
+        }
+    }
+}
+
+/// Marks a request that came over TLS, and gives an HTTP/2 request the `Host` header its
+/// `:authority` stands for (RFC 9113, section 8.3.1), so handlers read one header either way.
+fn mark_secure(req: &mut Request<Incoming>) {
+    req.extensions_mut().insert(Secure);
+    if !req.headers().contains_key(HOST)
+        && let Some(authority) = req.uri().authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(HOST, host);
+    }
+}
+
+/// Drives a connection until it ends or `shutdown` fires; then lets it finish its requests.
+macro_rules! drive {
+    ($conn:expr, $shutdown:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        if crate::shutdown::unless_stopped(conn.as_mut(), $shutdown)
+            .await
+            .is_none()
+        {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.as_mut().await;
+        }
+    }};
+}
+
 /// Serves `listener` with `handler` until `shutdown`, then drains connections for up to
 /// `options.grace`.
 pub async fn serve<H: Handler>(
@@ -165,9 +271,11 @@ pub async fn serve<H: Handler>(
         max_connections,
         send_timeout,
         metrics,
+        tls,
     } = options;
     let (drained_tx, mut drained_rx) = mpsc::channel::<()>(1);
     let builder = Arc::new(connection_builder());
+    let h2 = Arc::new(h2_builder());
     let open = Arc::new(AtomicUsize::new(0));
     let mut warnings = AcceptWarnings::default();
     loop {
@@ -205,25 +313,29 @@ pub async fn serve<H: Handler>(
         let builder = builder.clone();
         let conn_shutdown = shutdown.clone();
         let drained = drained_tx.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let reply = handler.handle(req, peer);
-                async move {
-                    Ok::<_, std::convert::Infallible>(match reply {
-                        Reply::Now(response) => response,
-                        Reply::Later(response) => response.await,
-                    })
-                }
+        let Some(tls) = tls.clone() else {
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let reply = handler.handle(req, peer);
+                    async move {
+                        Ok::<_, std::convert::Infallible>(match reply {
+                            Reply::Now(response) => response,
+                            Reply::Later(response) => response.await,
+                        })
+                    }
+                });
+                drive!(
+                    builder.serve_connection(TokioIo::new(io), service),
+                    &conn_shutdown
+                );
+                drop(slot);
+                drop(drained);
             });
-            let conn = builder.serve_connection(TokioIo::new(io), service);
-            tokio::pin!(conn);
-            if crate::shutdown::unless_stopped(conn.as_mut(), &conn_shutdown)
-                .await
-                .is_none()
-            {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.as_mut().await;
-            }
+            continue;
+        };
+        let h2 = h2.clone();
+        tokio::spawn(async move {
+            serve_tls(io, &tls, handler, peer, &builder, &h2, &conn_shutdown).await;
             drop(slot);
             drop(drained);
         });
@@ -235,6 +347,77 @@ pub async fn serve<H: Handler>(
         .is_err()
     {
         tracing::warn!("connections still open after the {grace:?} grace period; closing them");
+    }
+}
+
+/// One TLS connection: the handshake (within [`HEADER_READ_TIMEOUT`]), then HTTP/2 or HTTP/1.1
+/// as the client chose in ALPN (HTTP/1.1 when it chose nothing).
+async fn serve_tls<H: Handler>(
+    io: Guarded,
+    tls: &Tls,
+    handler: Arc<H>,
+    peer: SocketAddr,
+    h1: &http1::Builder,
+    h2: &http2::Builder<TokioExecutor>,
+    shutdown: &watch::Receiver<bool>,
+) {
+    let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.acceptor().accept(io)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!("TLS handshake with {peer} failed: {e}");
+            return;
+        }
+        Err(_) => return,
+    };
+    let is_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(stream);
+    if !is_h2 {
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            mark_secure(&mut req);
+            let reply = handler.handle(req, peer);
+            async move {
+                Ok::<_, std::convert::Infallible>(match reply {
+                    Reply::Now(response) => response,
+                    Reply::Later(response) => response.await,
+                })
+            }
+        });
+        drive!(h1.serve_connection(io, service), shutdown);
+        return;
+    }
+    let activity = Arc::new(Activity::default());
+    let counted = activity.clone();
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        let in_flight = InFlight::start(&counted);
+        mark_secure(&mut req);
+        let reply = handler.handle(req, peer);
+        async move {
+            let response = match reply {
+                Reply::Now(response) => response,
+                Reply::Later(response) => response.await,
+            };
+            drop(in_flight);
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let conn = h2.serve_connection(io, service);
+    tokio::pin!(conn);
+    let idle = {
+        let work = std::pin::pin!(until_idle(conn.as_mut(), &activity));
+        crate::shutdown::unless_stopped(work, shutdown).await
+    };
+    match idle {
+        Some(false) => {}
+        // Idle: GOAWAY, briefly (a peer that never sent its preface does not answer).
+        Some(true) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(H2_GOAWAY_WAIT, conn.as_mut()).await;
+        }
+        // Stopped: GOAWAY, the open streams finish (within the listener's grace period).
+        None => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.as_mut().await;
+        }
     }
 }
 

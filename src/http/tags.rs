@@ -283,7 +283,12 @@ async fn frame_answer(
     } = decider.decide_slots(&view, &visitor, &[index], who).await;
     let win = wins.pop().flatten();
     decider.record_slot(&visitor, placement, win.as_ref(), geo_ok);
-    let base = tracker.base_url(headers, decider.client_ip.proxies.contains(peer.ip()));
+    let secure = req.extensions().get::<super::tls::Secure>().is_some();
+    let base = tracker.base_url(
+        headers,
+        decider.client_ip.proxies.contains(peer.ip()),
+        secure,
+    );
     let served = win
         .as_ref()
         .map(|w| super::decisions::render(tracker, &base, &visitor, w));

@@ -324,11 +324,12 @@ impl Tracker {
     }
 
     /// The base of tracking URLs for a request with `headers` (`trusted`: the peer is a trusted
-    /// proxy): `[tracking] public_url` when set; else `http://` and the `Host` header, where a
-    /// trusted proxy's `X-Forwarded-Host` and `X-Forwarded-Proto: https` are believed. A host
+    /// proxy; `secure`: the request came over native TLS): `[tracking] public_url` when set;
+    /// else `http://` (`https://` when `secure`) and the `Host` header, where a trusted proxy's
+    /// `X-Forwarded-Host` and `X-Forwarded-Proto: https` are believed. A host
     /// that is not a plain `host[:port]` (anything else could inject text into URLs and pages)
     /// gives `""`: URLs relative to this server.
-    pub fn base_url(&self, headers: &HeaderMap, trusted: bool) -> String {
+    pub fn base_url(&self, headers: &HeaderMap, trusted: bool, secure: bool) -> String {
         if !self.public_url.is_empty() {
             return self.public_url.clone();
         }
@@ -337,8 +338,9 @@ impl Tracker {
             .or_else(|| headers.get(HOST))
             .and_then(|h| Authority::try_from(h.as_bytes()).ok())
             .filter(|a| !a.as_str().contains('@') && !a.host().is_empty());
-        let https = forwarded("x-forwarded-proto")
-            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+        let https = secure
+            || forwarded("x-forwarded-proto")
+                .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
         match host {
             Some(host) if https => format!("https://{host}"),
             Some(host) => format!("http://{host}"),
@@ -761,7 +763,7 @@ mod tests {
             for (k, v) in pairs {
                 h.insert(*k, HeaderValue::from_static(v));
             }
-            t.base_url(&h, trusted)
+            t.base_url(&h, trusted, false)
         };
         assert_eq!(
             base(&[("host", "ads.example:8080")], false),
@@ -797,7 +799,10 @@ mod tests {
             None,
             Metrics::new(),
         );
-        assert_eq!(t.base_url(&HeaderMap::new(), false), "https://ads.example");
+        assert_eq!(
+            t.base_url(&HeaderMap::new(), false, false),
+            "https://ads.example"
+        );
         let urls = t.urls_of("https://ads.example", &decision(now()));
         let token = urls
             .click

@@ -6,21 +6,27 @@
 //! the others through from the visitor untouched. Behind a chain of proxies the visitor is the
 //! right-most address in that header that is not itself a trusted proxy: entries to its left were
 //! written by the visitor and cannot be believed. A header that cannot be parsed falls back to the
-//! peer address. Written by hand (not a crate) because these rules need exact control; no
-//! allocation is made.
+//! peer address. The header walk is written by hand because these rules need exact control (no
+//! allocation is made); networks are `ipnet`'s.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hyper::HeaderMap;
 use hyper::header::{self, HeaderName};
+use ipnet::{IpNet, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 static FORWARDED: HeaderName = header::FORWARDED;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// An IP network in CIDR notation. IPv4 networks are kept as IPv4-mapped IPv6 so one comparison
-/// serves both families.
+/// An IP network in CIDR notation (parsed and normalised by [`ipnet`]). IPv4 networks are kept as
+/// IPv4-mapped IPv6 (`10.0.0.0/8` is `::ffff:10.0.0.0/104`) so one comparison serves both
+/// families, and a dual-stack socket's mapped peer matches its IPv4 network.
+///
+/// Matching is one mask and compare on the address's bits, precomputed here: `ipnet`'s own
+/// `contains` derives the mask and broadcast address per call, 2.5 times slower in
+/// `benches/decision.rs` (`client_ip/untrusted_peer`, 14 ns against 35 to 50 ns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
     network: u128,
@@ -38,23 +44,21 @@ impl Cidr {
             .trim()
             .parse()
             .map_err(|_| format!("{text:?}: not an IP address"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let len: u32 = match len {
-            Some(l) => l.trim().parse().ok().filter(|l| *l <= max).ok_or_else(|| {
-                format!("{text:?}: prefix length must be a number from 0 to {max}")
-            })?,
+        let max = IpNet::from(addr).max_prefix_len();
+        let bad_len = || format!("{text:?}: prefix length must be a number from 0 to {max}");
+        let len: u8 = match len {
+            Some(l) => l.trim().parse().map_err(|_| bad_len())?,
             None => max,
         };
-        let bits = u128::from(to_v6(addr));
-        let len = if addr.is_ipv4() { len + 96 } else { len };
-        let mask = if len == 0 {
-            0
-        } else {
-            u128::MAX << (128 - len)
+        let net = IpNet::new(addr, len).map_err(|_| bad_len())?.trunc();
+        let net = match net {
+            IpNet::V4(v4) => Ipv6Net::new(v4.network().to_ipv6_mapped(), v4.prefix_len() + 96)
+                .map_err(|_| bad_len())?,
+            IpNet::V6(v6) => v6,
         };
         Ok(Cidr {
-            network: bits & mask,
-            mask,
+            network: u128::from(net.network()),
+            mask: u128::from(net.netmask()),
         })
     }
 

@@ -65,7 +65,7 @@ pub fn bundled() -> Option<&'static FamilyNames> {
     static BUNDLED: OnceLock<Option<FamilyNames>> = OnceLock::new();
     BUNDLED
         .get_or_init(|| {
-            let regexes: ua_parser::Regexes<'_> = serde_yaml::from_str(REGEXES_YAML).ok()?;
+            let regexes: ua_parser::Regexes<'_> = serde_norway::from_str(REGEXES_YAML).ok()?;
             Some(FamilyNames::of(&regexes))
         })
         .as_ref()

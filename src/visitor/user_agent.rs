@@ -151,8 +151,8 @@ impl UserAgentParser {
     /// Builds the parser from the embedded rules and the operator's `[bots]` section (about a
     /// second of CPU, once at start).
     pub fn with_bots(bots: &BotsConfig) -> Result<Arc<UserAgentParser>, UserAgentError> {
-        let regexes: ua_parser::Regexes<'static> =
-            serde_yaml::from_str(REGEXES_YAML).map_err(|e| UserAgentError::Rules(e.to_string()))?;
+        let regexes: ua_parser::Regexes<'static> = serde_norway::from_str(REGEXES_YAML)
+            .map_err(|e| UserAgentError::Rules(e.to_string()))?;
         seed_families()?;
         let extractor = ua_parser::Extractor::try_from(regexes)
             .map_err(|e| UserAgentError::Rules(e.to_string()))?;
@@ -283,6 +283,38 @@ mod tests {
     fn parse(ua: &str) -> (String, String, Device) {
         let p = PARSER.parse(ua);
         (p.browser.to_string(), p.os.to_string(), p.device)
+    }
+
+    /// Issue 13: the rules read by serde_norway (which replaced the archived serde_yaml; the two
+    /// gave the same 433 + 204 + 633 rules when switching) are the ones an independent YAML
+    /// reader, Python's PyYAML, reads from the same file.
+    #[test]
+    fn issue13_rules_read_as_pyyaml_reads_them() {
+        let ours: serde_json::Value = serde_norway::from_str(REGEXES_YAML).unwrap();
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)",
+            ])
+            .stdin(
+                std::fs::File::open(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/data/uap/regexes.yaml"
+                ))
+                .unwrap(),
+            )
+            .output();
+        let Some(out) = out.ok().filter(|o| o.status.success()) else {
+            assert!(
+                std::env::var("ROTATOR_TEST_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "python3 with PyYAML is needed (scripts/services install installs python3-yaml)"
+            );
+            eprintln!("SKIPPED: python3 with PyYAML is not installed");
+            return;
+        };
+        let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(ours, theirs);
+        assert!(ours["user_agent_parsers"].as_array().unwrap().len() > 400);
     }
 
     #[test]

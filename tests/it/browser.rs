@@ -204,13 +204,13 @@ html = "<a id='green' href='{{{{click_url}}}}' style='display:block;width:728px;
 }
 
 /// chromedriver on a free loopback port, killed (by its PID) when dropped.
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     url: String,
 }
 
 impl Driver {
-    fn start(program: &Path) -> Driver {
+    pub(crate) fn start(program: &Path) -> Driver {
         let port = free_port();
         let child = Command::new(program)
             .arg(format!("--port={port}"))
@@ -240,15 +240,24 @@ impl Drop for Driver {
 }
 
 async fn browser(driver: &Driver) -> Client {
+    browser_with(driver, &[]).await
+}
+
+/// A browser session with `extra` command-line switches (`tls.rs`: `--ignore-certificate-errors`).
+pub(crate) async fn browser_with(driver: &Driver, extra: &[&str]) -> Client {
+    let mut args = vec![
+        "--headless=new".to_string(),
+        "--no-sandbox".into(),
+        "--disable-gpu".into(),
+        "--disable-dev-shm-usage".into(),
+        "--window-size=1000,700".into(),
+        "--hide-scrollbars".into(),
+        "--force-device-scale-factor=1".into(),
+        format!("--user-agent={UA}"),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({ "args": [
-            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--window-size=1000,700", "--hide-scrollbars", "--force-device-scale-factor=1",
-            format!("--user-agent={UA}"),
-        ]}),
-    );
+    caps.insert("goog:chromeOptions".into(), json!({ "args": args }));
     ClientBuilder::new(HttpConnector::new())
         .capabilities(caps)
         .connect(&driver.url)
@@ -257,7 +266,7 @@ async fn browser(driver: &Driver) -> Client {
 }
 
 /// Polls the JavaScript expression `expr` until it is true.
-async fn wait_js(c: &Client, expr: &str, what: &str) {
+pub(crate) async fn wait_js(c: &Client, expr: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let v = c.execute(&format!("return !!({expr});"), vec![]).await;

@@ -22,7 +22,7 @@ const DEFAULT: Option<&str> = Some("https://default.example");
 
 /// The first fenced block of `lang` in README.md: the snippets the README shows are the ones
 /// tested.
-fn readme_snippet(lang: &str) -> String {
+pub(crate) fn readme_snippet(lang: &str) -> String {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
     let start = readme
         .find(&format!("```{lang}\n"))

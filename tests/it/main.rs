@@ -15,6 +15,7 @@ mod sinks;
 mod state;
 mod stats;
 mod support;
+mod tls;
 mod tracking;
 mod upgrade;
 mod user_agents;
