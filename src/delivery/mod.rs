@@ -12,6 +12,7 @@
 //! in seconds.
 
 pub mod curve;
+pub mod explain;
 pub mod gate;
 pub mod identity;
 pub mod learn;
@@ -459,6 +460,26 @@ impl Delivery {
     /// One round of bookkeeping at `now`: flights, days, spend, pacing, leases, expired
     /// reservations.
     pub async fn tick(&self, now: i64) {
+        self.round(now, true).await;
+    }
+
+    /// What a tick at `now` would block (flights, spent budgets) for `rotator explain`, without
+    /// taking leases, giving anything back or pacing (pacing lives in the serving nodes). Fails
+    /// when the state backend could not say what was spent.
+    pub async fn look(&self, now: i64) -> Result<(), StateError> {
+        let gate = self.gate();
+        for (_, campaign, _) in gate.limited_campaigns() {
+            if let Some(budget) = &campaign.delivery.budget {
+                self.state
+                    .spent(campaign.id, day_bounds(budget, now).0)
+                    .await?;
+            }
+        }
+        self.round(now, false).await;
+        Ok(())
+    }
+
+    async fn round(&self, now: i64, serving: bool) {
         let gate = self.gate();
         let curve = self.curve.load_full();
         let mut asks = Vec::new();
@@ -478,7 +499,7 @@ impl Delivery {
                         campaign,
                         budget,
                         runtime,
-                        &curve,
+                        (&curve, serving),
                         now,
                         &mut asks,
                         &mut askers,
@@ -488,6 +509,9 @@ impl Delivery {
             runtime.status.store(status as u8, Ordering::Relaxed);
         }
         gate.refresh_blocked();
+        if !serving {
+            return;
+        }
         if !asks.is_empty() {
             match self.state.lease(&asks).await {
                 Ok(grants) => {
@@ -502,14 +526,15 @@ impl Delivery {
         self.expire(now).await;
     }
 
-    /// One budgeted campaign's tick; returns its status and adds its lease ask.
+    /// One budgeted campaign's tick; returns its status and adds its lease ask. Paces only
+    /// when `serving` (not for `rotator explain`).
     #[allow(clippy::too_many_arguments)]
     async fn budget_tick(
         &self,
         campaign: &Campaign,
         budget: &Budget,
         runtime: &Arc<Runtime>,
-        curve: &TrafficCurve,
+        (curve, serving): (&TrafficCurve, bool),
         now: i64,
         asks: &mut Vec<LeaseAsk>,
         askers: &mut Vec<Arc<Runtime>>,
@@ -547,7 +572,7 @@ impl Delivery {
             .spent_day
             .saturating_sub(Micros::try_from(balance.max(0)).unwrap_or(0));
         let probability = match (budget.pacing, budget.daily) {
-            (Pacing::Even, Some(daily)) => {
+            (Pacing::Even, Some(daily)) if serving => {
                 let p = book
                     .pacer
                     .update(curve, now, start, end, daily, committed)
