@@ -4,6 +4,7 @@ mod allocations;
 mod browser;
 mod cli;
 mod decisions;
+mod delivery;
 mod edge;
 mod full_disk;
 mod harness;
