@@ -158,10 +158,12 @@ pub fn metric_sum(metrics: std::net::SocketAddr, name: &str, labels: &str) -> f6
         .sum()
 }
 
-/// Drives `GET /ad` for a DE Chrome visitor from `clients` threads until [`BUDGETED`] has not
-/// won for `quiet` (at most `limit`); returns the wins by campaign.
+/// Drives `GET /ad` for a Chrome visitor at `ip` from `clients` threads (round-robin over
+/// `addrs`) until `budgeted` has not won for `quiet` (at most `limit`); returns the wins by
+/// campaign.
 pub fn drive_until_quiet(
     addrs: &[std::net::SocketAddr],
+    (ip, budgeted): (&'static str, u32),
     clients: usize,
     quiet: Duration,
     limit: Duration,
@@ -186,12 +188,12 @@ pub fn drive_until_quiet(
                         "GET",
                         "/ad",
                         &[
-                            ("X-Forwarded-For", DE.as_bytes()),
+                            ("X-Forwarded-For", ip.as_bytes()),
                             ("User-Agent", CHROME.as_bytes()),
                         ],
                     );
                     let winner = ad_winner(&r);
-                    if winner == BUDGETED {
+                    if winner == budgeted {
                         last_win.fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                     }
                     *wins.entry(winner).or_default() += 1;
@@ -213,38 +215,50 @@ pub fn drive_until_quiet(
     all
 }
 
-/// Decisions for `keys` × `asks` from parallel threads (one per key) on `addrs` round-robin;
-/// returns the fills of [`CAPPED`] per key and the fills of every campaign.
+/// Decisions for `keys` × `asks` from `clients` threads, each key's asks on `addrs`
+/// round-robin; returns the fills of `capped` per key and the fills of every campaign.
 pub fn capped_fills(
     addrs: &[std::net::SocketAddr],
     keys: &[String],
-    asks: usize,
+    (asks, clients): (usize, usize),
+    capped: u32,
 ) -> (HashMap<String, u64>, HashMap<u32, u64>) {
-    let threads: Vec<_> = keys
-        .iter()
-        .enumerate()
-        .map(|(k, key)| {
-            let (addrs, key) = (addrs.to_vec(), key.clone());
+    let threads: Vec<_> = (0..clients)
+        .map(|t| {
+            let addrs = addrs.to_vec();
+            let keys: Vec<(usize, String)> = keys
+                .iter()
+                .cloned()
+                .enumerate()
+                .skip(t)
+                .step_by(clients)
+                .collect();
             std::thread::spawn(move || {
-                let mut by_campaign = HashMap::<u32, u64>::new();
-                for n in 0..asks {
+                let (mut per_key, mut all) = (HashMap::new(), HashMap::<u32, u64>::new());
+                for (k, key) in keys {
                     let body = keyed_body(&key);
-                    let r = crate::harness::post(
-                        addrs[(k + n) % addrs.len()],
-                        "/v1/decisions",
-                        "application/json",
-                        body.as_bytes(),
-                    );
-                    *by_campaign.entry(slot_winner(&r)).or_default() += 1;
+                    let mut fills = 0;
+                    for n in 0..asks {
+                        let r = crate::harness::post(
+                            addrs[(k + n) % addrs.len()],
+                            "/v1/decisions",
+                            "application/json",
+                            body.as_bytes(),
+                        );
+                        let winner = slot_winner(&r);
+                        fills += u64::from(winner == capped);
+                        *all.entry(winner).or_default() += 1;
+                    }
+                    per_key.insert(key, fills);
                 }
-                (key, by_campaign)
+                (per_key, all)
             })
         })
         .collect();
     let (mut per_key, mut all) = (HashMap::new(), HashMap::<u32, u64>::new());
     for t in threads {
-        let (key, by_campaign) = t.join().unwrap();
-        per_key.insert(key, by_campaign.get(&CAPPED).copied().unwrap_or(0));
+        let (keys, by_campaign) = t.join().unwrap();
+        per_key.extend(keys);
         for (c, n) in by_campaign {
             *all.entry(c).or_default() += n;
         }
@@ -314,6 +328,7 @@ fn issue11_single_node_budget_caps_flight_restart_explain() {
     // (a) The budget: exactly 200 wins, then the cheaper campaign takes over.
     let wins = drive_until_quiet(
         &addrs,
+        (DE, BUDGETED),
         4,
         Duration::from_millis(1500),
         Duration::from_secs(40),
@@ -361,7 +376,7 @@ fn issue11_single_node_budget_caps_flight_restart_explain() {
 
     // (b) A cap of 3 per 24 h by user.key: exactly 3 fills per key, whatever the parallelism.
     let keys: Vec<String> = (0..6).map(|k| format!("user-{k}")).collect();
-    let (per_key, all) = capped_fills(&addrs, &keys, 20);
+    let (per_key, all) = capped_fills(&addrs, &keys, (20, 6), CAPPED);
     for key in &keys {
         assert_eq!(per_key[key], 3, "{key}: {per_key:?}");
     }
@@ -426,6 +441,7 @@ fn issue11_single_node_budget_caps_flight_restart_explain() {
     let addrs = [s.addr];
     let wins = drive_until_quiet(
         &addrs,
+        (DE, BUDGETED),
         2,
         Duration::from_millis(1200),
         Duration::from_secs(10),
@@ -436,7 +452,7 @@ fn issue11_single_node_budget_caps_flight_restart_explain() {
         "spent again after a restart: {wins:?}"
     );
     assert_eq!(wins.get(&LATER), None, "{wins:?}");
-    let (per_key, _) = capped_fills(&addrs, &keys, 4);
+    let (per_key, _) = capped_fills(&addrs, &keys, (4, 6), CAPPED);
     assert!(
         per_key.values().all(|n| *n == 0),
         "caps open again: {per_key:?}"

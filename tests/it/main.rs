@@ -8,6 +8,7 @@ mod delivery;
 mod edge;
 mod full_disk;
 mod harness;
+mod nodes;
 mod observability;
 mod reload;
 mod server;
