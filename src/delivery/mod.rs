@@ -612,6 +612,9 @@ impl Delivery {
         let recent = book.rate * f64::from(self.options.lease_seconds);
         let want = (recent as Micros).max(unit * 10);
         let want = if starved { want.max(charged * 2) } else { want };
+        // Whole units: a lease with a remainder smaller than one unit could never be spent, so
+        // several nodes together would fall short of the budget by up to a unit each.
+        let want = want.div_ceil(unit).saturating_mul(unit);
         if balance < (want / 2) as i64 {
             asks.push(LeaseAsk {
                 campaign: campaign.id,
