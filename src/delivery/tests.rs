@@ -150,6 +150,26 @@ async fn issue11_daily_budget_is_spent_exactly_then_the_next_bid_wins() {
     assert_eq!(decide(&e.delivery, &keys, DAY + 86_400 + 11), 1);
 }
 
+/// Leases are whole impressions: a remainder could never be spent, and several nodes would
+/// each keep one when a budget runs out.
+#[tokio::test]
+async fn issue11_leases_are_whole_units_of_spend() {
+    let e = engine(&BUDGETED.replace("daily = 1.0", "daily = 100.0"));
+    let keys = Keys::default();
+    for tick in 0..40 {
+        let now = DAY + 3_600 + tick;
+        e.delivery.tick(now).await;
+        let gate = e.delivery.gate();
+        let (_, _, runtime) = gate.limited_campaigns().next().unwrap();
+        let balance = runtime.balance.load(Ordering::Acquire);
+        assert_eq!(balance % 5_000, 0, "tick {tick}: a lease of {balance} micros");
+        // Irregular traffic: the spend rate that sizes leases is no multiple of the cost.
+        for _ in 0..(tick * 7 % 13) {
+            decide(&e.delivery, &keys, now);
+        }
+    }
+}
+
 const CAPPED: &str = r#"
 [[campaign]]
 id = 1
