@@ -24,7 +24,7 @@ pub mod state;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -80,6 +80,9 @@ pub struct Delivery {
     at_cap: quick_cache::sync::Cache<(u32, u64), i64>,
     curve: ArcSwap<TrafficCurve>,
     options: Options,
+    /// The last tick's `now` (`i64::MIN` before the first): flights of a reloaded catalogue
+    /// are judged at it.
+    clock: AtomicI64,
 }
 
 /// A fingerprint of a visitor's identity keys (the cap cache's key).
@@ -165,7 +168,7 @@ impl Delivery {
         options: Options,
     ) -> Delivery {
         let mut runtimes = HashMap::new();
-        let gate = Gate::build(catalogue.load_full(), |c| {
+        let gate = Gate::build(catalogue.load_full(), None, |c| {
             runtimes
                 .entry(c.id)
                 .or_insert_with(|| Arc::new(Runtime::new(c.id)))
@@ -183,6 +186,7 @@ impl Delivery {
             at_cap: quick_cache::sync::Cache::new(CAP_CACHE_ENTRIES),
             curve: ArcSwap::from_pointee(TrafficCurve::flat()),
             options,
+            clock: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -216,7 +220,9 @@ impl Delivery {
         }
         let mut runtimes = self.runtimes.lock().unwrap_or_else(|e| e.into_inner());
         let catalogue = self.catalogue.load_full();
-        let fresh = Arc::new(Gate::build(catalogue.clone(), |c| {
+        let now = self.clock.load(Ordering::Relaxed);
+        let now = (now != i64::MIN).then_some(now);
+        let fresh = Arc::new(Gate::build(catalogue.clone(), now, |c| {
             runtimes
                 .entry(c.id)
                 .or_insert_with(|| Arc::new(Runtime::new(c.id)))
@@ -480,17 +486,13 @@ impl Delivery {
     }
 
     async fn round(&self, now: i64, serving: bool) {
+        self.clock.store(now, Ordering::Relaxed);
         let gate = self.gate();
         let curve = self.curve.load_full();
         let mut asks = Vec::new();
         let mut askers = Vec::new();
         for (_, campaign, runtime) in gate.limited_campaigns() {
-            let flight = &campaign.delivery.flight;
-            let mut status = match (flight.start, flight.end) {
-                (Some(s), _) if now < s => Status::NotStarted,
-                (_, Some(e)) if now > e => Status::Ended,
-                _ => Status::Open,
-            };
+            let mut status = Status::of_flight(&campaign.delivery.flight, now);
             if let Some(budget) = &campaign.delivery.budget
                 && status == Status::Open
             {
