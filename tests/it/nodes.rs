@@ -225,9 +225,11 @@ fn issue11_three_nodes_share_budgets_and_caps_through_redis_and_survive_its_outa
     let mut sent = 0u64;
     eprintln!("nodes: started {:?}", started.elapsed());
 
-    // 1. The DE budget driven to exhaustion from 6 clients over the three nodes: never beyond
-    // it, and (leases are whole impressions, traffic reaches every node until none wins)
-    // exactly all of it.
+    // 1. The DE budget driven to exhaustion from 6 clients over the three nodes. Never beyond
+    // it: Redis grants leases atomically and a decision is charged to its node's lease. In
+    // general at least the budget less the leases outstanding (one per node) is spent; here
+    // that is all of it: leases are whole impressions and traffic reaches every node until
+    // none wins, so no node is left holding any.
     let phase = Instant::now();
     let wins = drive_until_quiet(
         &addrs,
@@ -404,15 +406,17 @@ fn issue11_three_nodes_share_budgets_and_caps_through_redis_and_survive_its_outa
     // Back by themselves after Redis returned.
     assert!(counts(&slots, ids.capped, up, end) > 0, "{summary}");
     assert!(counts(&ads, ids.budget_ru, up, end) > 0, "{summary}");
-    // Never beyond the budget; every impression paid for is shown, but a lease call that
-    // was in flight when Redis stopped may have been granted without the node knowing
-    // (counted as spent: under-spend, at most one lease per node).
+    // Never beyond the budget. Spent to the last impression in every run so far, but a lease
+    // call in flight when Redis stopped may have been granted without its node knowing
+    // (counted as spent: under-spend of at most one lease per node; a lease is about a second
+    // of a node's spend, under 100 impressions at this traffic).
     let ru_wins = ads.iter().filter(|a| a.2 == ids.budget_ru).count() as u64;
     assert!(
         ru_wins <= RU_WINS,
         "overspent: {ru_wins} > {RU_WINS}; {summary}"
     );
-    assert!(ru_wins >= RU_WINS / 2, "{ru_wins}; {summary}");
+    assert!(ru_wins >= RU_WINS - 3 * 100, "{ru_wins}; {summary}");
+    eprintln!("nodes: RU budget {ru_wins} of {RU_WINS} impressions spent");
     eprintln!("nodes: outage phase {:?}", phase.elapsed());
 
     // 4. The sink counted every request exactly once (after SIGTERM flushed every node).
