@@ -15,6 +15,9 @@ use crate::server::{CHROME, DE, FIREFOX, US};
 
 /// The budgeted campaign: 10.0 per 1,000 impressions = 10,000 micros each; 2.0 a day = 200.
 pub const BUDGETED: u32 = 11;
+/// How long the budgeted campaign must not win to count as spent: more than two of the
+/// engine's ticks (leases come once a tick) with margin for a loaded machine.
+pub const QUIET: Duration = Duration::from_millis(2500);
 /// Impressions the daily budget pays for.
 pub const BUDGETED_WINS: u64 = 200;
 /// Cheaper, unlimited, same visitors.
@@ -326,13 +329,7 @@ fn issue11_single_node_budget_caps_flight_restart_explain() {
     let addrs = [s.addr];
 
     // (a) The budget: exactly 200 wins, then the cheaper campaign takes over.
-    let wins = drive_until_quiet(
-        &addrs,
-        (DE, BUDGETED),
-        4,
-        Duration::from_millis(1500),
-        Duration::from_secs(40),
-    );
+    let wins = drive_until_quiet(&addrs, (DE, BUDGETED), 4, QUIET, Duration::from_secs(40));
     assert_eq!(
         wins.get(&BUDGETED).copied(),
         Some(BUDGETED_WINS),
@@ -439,13 +436,7 @@ fn issue11_single_node_budget_caps_flight_restart_explain() {
     // (c) Restarted on the same data: today's spend and the caps are remembered.
     let s = Server::spawn(&dir);
     let addrs = [s.addr];
-    let wins = drive_until_quiet(
-        &addrs,
-        (DE, BUDGETED),
-        2,
-        Duration::from_millis(1200),
-        Duration::from_secs(10),
-    );
+    let wins = drive_until_quiet(&addrs, (DE, BUDGETED), 2, QUIET, Duration::from_secs(10));
     assert_eq!(
         wins.get(&BUDGETED),
         None,

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::delivery::{
-    ad_winner, capped_fills, drive_until_quiet, keyed_body, metric_sum, reason, slot_winner,
+    QUIET, ad_winner, capped_fills, drive_until_quiet, keyed_body, metric_sum, reason, slot_winner,
 };
 use crate::harness::{Server, config, post, repo, report_json, request, run, temp_dir};
 use crate::server::{CHROME, DE, RU, US};
@@ -235,7 +235,7 @@ fn issue11_three_nodes_share_budgets_and_caps_through_redis_and_survive_its_outa
         &addrs,
         (DE, ids.budget_de),
         6,
-        Duration::from_millis(1500),
+        QUIET,
         Duration::from_secs(40),
     );
     sent += wins.values().sum::<u64>();
@@ -346,8 +346,7 @@ fn issue11_three_nodes_share_budgets_and_caps_through_redis_and_survive_its_outa
     let mut last_ru_win = t0.elapsed();
     let mut seen = 0;
     while t0.elapsed() < deadline
-        && (t0.elapsed() < up + Duration::from_secs(3)
-            || t0.elapsed() - last_ru_win < Duration::from_millis(1500))
+        && (t0.elapsed() < up + Duration::from_secs(3) || t0.elapsed() - last_ru_win < QUIET)
     {
         std::thread::sleep(Duration::from_millis(100));
         let ru = metric_total(&metrics, ids.budget_ru);
@@ -401,7 +400,7 @@ fn issue11_three_nodes_share_budgets_and_caps_through_redis_and_survive_its_outa
     assert!(counts(&ads, ids.cheap, down, up) > 0, "{summary}");
     assert_eq!(counts(&slots, ids.capped, down, up), 0, "{summary}");
     // Budgets failed closed: once the leases held at the stop were spent, nothing more.
-    let late = down + Duration::from_secs(4);
+    let late = down + Duration::from_secs(5);
     assert_eq!(counts(&ads, ids.budget_ru, late, up), 0, "{summary}");
     // Back by themselves after Redis returned.
     assert!(counts(&slots, ids.capped, up, end) > 0, "{summary}");
