@@ -7,7 +7,8 @@
 //! reads a copy of the journals instead, taken in a temporary folder: both are only appended
 //! to (a torn last record is ignored) and compacted by an atomic rename, so a copy is always a
 //! consistent moment of the server's state (for budgets: what was granted, which includes
-//! leases a running node holds but has not spent yet).
+//! leases a running node holds but has not spent yet; for caps: the views journalled, which a
+//! running node writes once a second).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
