@@ -71,6 +71,10 @@ enum Command {
         /// Read `ip<TAB>user-agent` lines from stdin.
         #[arg(value_name = "-", value_parser = clap::builder::PossibleValuesParser::new(["-"]))]
         stdin: Option<String>,
+        /// The visitor's `user.key` (decisions API), to count their views against frequency
+        /// caps (otherwise their cookie from --header, or the fallback, identifies them).
+        #[arg(long, value_name = "KEY")]
+        user: Option<String>,
     },
     /// Create the statistics sink's tables (idempotent).
     Migrate,
@@ -130,7 +134,15 @@ fn main() {
             ua,
             headers,
             stdin,
-        } => explain(config_path.as_deref(), ip, &ua, &headers, stdin.is_some()),
+            user,
+        } => explain(
+            config_path.as_deref(),
+            ip,
+            &ua,
+            &headers,
+            stdin.is_some(),
+            user.as_deref(),
+        ),
         Command::Migrate => migrate(config_path.as_deref()),
         Command::Token { action } => token(config_path.as_deref(), action),
         Command::Report {
@@ -527,10 +539,12 @@ fn explain(
     ua: &str,
     headers: &[String],
     stdin: bool,
+    user: Option<&str>,
 ) -> Result<()> {
     let headers = header_map(headers, ua)?;
     let core = load_core(Config::load(path)?)?;
     let decider = decider(&core, Metrics::new(), None)?;
+    let decider = explain_delivery(&core, decider, ip.filter(|_| !stdin), &headers, user)?;
     let mut out = std::io::stdout().lock();
     if !stdin {
         let ip = ip.ok_or_else(|| anyhow!("--ip is required"))?;
@@ -557,6 +571,61 @@ fn explain(
         writeln!(out)?;
     }
     Ok(())
+}
+
+/// `decider` with the delivery state (flights, spent budgets, and the views of the visitor at
+/// `peer` with `headers` or `user`) when a campaign has delivery limits; notes what it could not
+/// read on stderr.
+fn explain_delivery(
+    core: &Core,
+    decider: Decider,
+    peer: Option<IpAddr>,
+    headers: &hyper::HeaderMap,
+    user: Option<&str>,
+) -> Result<Decider> {
+    let limited = core
+        .catalogue
+        .load()
+        .campaigns()
+        .iter()
+        .any(|c| !c.delivery.is_unlimited());
+    if !limited {
+        return Ok(decider);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let now = i64::from(rotator::tracking::now());
+    let views = runtime.block_on(async {
+        let mut explaining =
+            delivery::explain::open(&core.config, core.catalogue.clone(), now).await?;
+        let ua = headers
+            .get(hyper::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        let ip = peer.map(|p| decider.client_ip.resolve(p, headers).0);
+        let who = delivery::identity::Who {
+            user_key: user,
+            headers: peer.map(|_| headers),
+            ip,
+            ua,
+        };
+        let identity = explaining.delivery.identifier().identify(&who, now);
+        let views = if user.is_some() || peer.is_some() {
+            explaining.views(&identity.keys, now).await
+        } else {
+            Default::default()
+        };
+        let delivery = explaining.delivery.clone();
+        for note in &explaining.notes {
+            eprintln!("rotator: explain: {note}");
+        }
+        explaining.close();
+        anyhow::Ok((delivery, views))
+    })?;
+    let (delivery, views) = views;
+    let mut decider = decider.with_delivery(delivery);
+    decider.explain_views = views;
+    Ok(decider)
 }
 
 /// `--header 'Name: value'` arguments (and `--ua`, unless a User-Agent header is given) as the

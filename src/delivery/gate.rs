@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use super::identity::{Keys, LazyIdentity};
 use super::pacing::Pacer;
+use crate::campaigns::budget::Flight;
 use crate::campaigns::{Campaign, Catalogue, Micros, Pricing};
 use crate::metrics::Excluded;
 use crate::visitor::Visitor;
@@ -36,6 +37,15 @@ pub enum Status {
 }
 
 impl Status {
+    /// What `flight` says at Unix second `now`.
+    pub fn of_flight(flight: &Flight, now: i64) -> Status {
+        match (flight.start, flight.end) {
+            (Some(s), _) if now < s => Status::NotStarted,
+            (_, Some(e)) if now > e => Status::Ended,
+            _ => Status::Open,
+        }
+    }
+
     fn from_u8(v: u8) -> Status {
         match v {
             1 => Status::NotStarted,
@@ -185,9 +195,13 @@ pub enum NoIdentity {
 }
 
 impl Gate {
-    /// The gate of `catalogue`, reusing `runtime(id)` for campaigns with limits.
+    /// The gate of `catalogue`, reusing `runtime(id)` for campaigns with limits. Flights are
+    /// judged at `now` (the last tick's time) so a campaign added or moved by a reload does not
+    /// serve outside its flight until the next tick; before any tick (`None`) a campaign with a
+    /// flight waits for the first one.
     pub fn build(
         catalogue: Arc<Catalogue>,
+        now: Option<i64>,
         mut runtime: impl FnMut(&Campaign) -> Arc<Runtime>,
     ) -> Gate {
         let campaigns = catalogue.campaigns();
@@ -205,7 +219,18 @@ impl Gate {
             if c.delivery.budget.is_some() || c.delivery.frequency_cap.is_some() {
                 gated[position / 64] |= 1 << (position % 64);
             }
-            runtimes.push(Some(runtime(c)));
+            let r = runtime(c);
+            let flight = &c.delivery.flight;
+            if flight.start.is_some() || flight.end.is_some() {
+                let verdict = now.map_or(Status::NotStarted, |now| Status::of_flight(flight, now));
+                // An open flight keeps the budget's verdict; a closed one overrides it.
+                if verdict != Status::Open
+                    || matches!(r.status(), Status::NotStarted | Status::Ended)
+                {
+                    r.status.store(verdict as u8, Ordering::Relaxed);
+                }
+            }
+            runtimes.push(Some(r));
         }
         let gate = Gate {
             blocked: (0..words).map(|_| AtomicU64::new(0)).collect(),

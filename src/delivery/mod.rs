@@ -12,6 +12,7 @@
 //! in seconds.
 
 pub mod curve;
+pub mod explain;
 pub mod gate;
 pub mod identity;
 pub mod learn;
@@ -23,7 +24,7 @@ pub mod state;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -79,6 +80,9 @@ pub struct Delivery {
     at_cap: quick_cache::sync::Cache<(u32, u64), i64>,
     curve: ArcSwap<TrafficCurve>,
     options: Options,
+    /// The last tick's `now` (`i64::MIN` before the first): flights of a reloaded catalogue
+    /// are judged at it.
+    clock: AtomicI64,
 }
 
 /// A fingerprint of a visitor's identity keys (the cap cache's key).
@@ -164,7 +168,7 @@ impl Delivery {
         options: Options,
     ) -> Delivery {
         let mut runtimes = HashMap::new();
-        let gate = Gate::build(catalogue.load_full(), |c| {
+        let gate = Gate::build(catalogue.load_full(), None, |c| {
             runtimes
                 .entry(c.id)
                 .or_insert_with(|| Arc::new(Runtime::new(c.id)))
@@ -182,6 +186,7 @@ impl Delivery {
             at_cap: quick_cache::sync::Cache::new(CAP_CACHE_ENTRIES),
             curve: ArcSwap::from_pointee(TrafficCurve::flat()),
             options,
+            clock: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -215,7 +220,9 @@ impl Delivery {
         }
         let mut runtimes = self.runtimes.lock().unwrap_or_else(|e| e.into_inner());
         let catalogue = self.catalogue.load_full();
-        let fresh = Arc::new(Gate::build(catalogue.clone(), |c| {
+        let now = self.clock.load(Ordering::Relaxed);
+        let now = (now != i64::MIN).then_some(now);
+        let fresh = Arc::new(Gate::build(catalogue.clone(), now, |c| {
             runtimes
                 .entry(c.id)
                 .or_insert_with(|| Arc::new(Runtime::new(c.id)))
@@ -459,17 +466,33 @@ impl Delivery {
     /// One round of bookkeeping at `now`: flights, days, spend, pacing, leases, expired
     /// reservations.
     pub async fn tick(&self, now: i64) {
+        self.round(now, true).await;
+    }
+
+    /// What a tick at `now` would block (flights, spent budgets) for `rotator explain`, without
+    /// taking leases, giving anything back or pacing (pacing lives in the serving nodes). Fails
+    /// when the state backend could not say what was spent.
+    pub async fn look(&self, now: i64) -> Result<(), StateError> {
+        let gate = self.gate();
+        for (_, campaign, _) in gate.limited_campaigns() {
+            if let Some(budget) = &campaign.delivery.budget {
+                self.state
+                    .spent(campaign.id, day_bounds(budget, now).0)
+                    .await?;
+            }
+        }
+        self.round(now, false).await;
+        Ok(())
+    }
+
+    async fn round(&self, now: i64, serving: bool) {
+        self.clock.store(now, Ordering::Relaxed);
         let gate = self.gate();
         let curve = self.curve.load_full();
         let mut asks = Vec::new();
         let mut askers = Vec::new();
         for (_, campaign, runtime) in gate.limited_campaigns() {
-            let flight = &campaign.delivery.flight;
-            let mut status = match (flight.start, flight.end) {
-                (Some(s), _) if now < s => Status::NotStarted,
-                (_, Some(e)) if now > e => Status::Ended,
-                _ => Status::Open,
-            };
+            let mut status = Status::of_flight(&campaign.delivery.flight, now);
             if let Some(budget) = &campaign.delivery.budget
                 && status == Status::Open
             {
@@ -478,7 +501,7 @@ impl Delivery {
                         campaign,
                         budget,
                         runtime,
-                        &curve,
+                        (&curve, serving),
                         now,
                         &mut asks,
                         &mut askers,
@@ -488,6 +511,9 @@ impl Delivery {
             runtime.status.store(status as u8, Ordering::Relaxed);
         }
         gate.refresh_blocked();
+        if !serving {
+            return;
+        }
         if !asks.is_empty() {
             match self.state.lease(&asks).await {
                 Ok(grants) => {
@@ -502,14 +528,15 @@ impl Delivery {
         self.expire(now).await;
     }
 
-    /// One budgeted campaign's tick; returns its status and adds its lease ask.
+    /// One budgeted campaign's tick; returns its status and adds its lease ask. Paces only
+    /// when `serving` (not for `rotator explain`).
     #[allow(clippy::too_many_arguments)]
     async fn budget_tick(
         &self,
         campaign: &Campaign,
         budget: &Budget,
         runtime: &Arc<Runtime>,
-        curve: &TrafficCurve,
+        (curve, serving): (&TrafficCurve, bool),
         now: i64,
         asks: &mut Vec<LeaseAsk>,
         askers: &mut Vec<Arc<Runtime>>,
@@ -549,8 +576,8 @@ impl Delivery {
         let probability = match (budget.pacing, budget.daily) {
             // Spend unknown (the backend did not answer): the last probability stands, rather
             // than reading the node's shrinking lease as a refund.
-            (Pacing::Even, Some(_)) if spent.is_err() => runtime.admit_probability(),
-            (Pacing::Even, Some(daily)) => {
+            (Pacing::Even, Some(_)) if serving && spent.is_err() => runtime.admit_probability(),
+            (Pacing::Even, Some(daily)) if serving => {
                 let p = book
                     .pacer
                     .update(curve, now, start, end, daily, committed)
@@ -590,6 +617,9 @@ impl Delivery {
         let recent = book.rate * f64::from(self.options.lease_seconds);
         let want = (recent as Micros).max(unit * 10);
         let want = if starved { want.max(charged * 2) } else { want };
+        // Whole units: a lease with a remainder smaller than one unit could never be spent, so
+        // several nodes together would fall short of the budget by up to a unit each.
+        let want = want.div_ceil(unit).saturating_mul(unit);
         if balance < (want / 2) as i64 {
             asks.push(LeaseAsk {
                 campaign: campaign.id,

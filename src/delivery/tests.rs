@@ -156,6 +156,30 @@ async fn issue11_daily_budget_is_spent_exactly_then_the_next_bid_wins() {
     assert_eq!(decide(&e.delivery, &keys, DAY + 86_400 + 11), 1);
 }
 
+/// Leases are whole impressions: a remainder could never be spent, and several nodes would
+/// each keep one when a budget runs out.
+#[tokio::test]
+async fn issue11_leases_are_whole_units_of_spend() {
+    let e = engine(&BUDGETED.replace("daily = 1.0", "daily = 100.0"));
+    let keys = Keys::default();
+    for tick in 0..40 {
+        let now = DAY + 3_600 + tick;
+        e.delivery.tick(now).await;
+        let gate = e.delivery.gate();
+        let (_, _, runtime) = gate.limited_campaigns().next().unwrap();
+        let balance = runtime.balance.load(Ordering::Acquire);
+        assert_eq!(
+            balance % 5_000,
+            0,
+            "tick {tick}: a lease of {balance} micros"
+        );
+        // Irregular traffic: the spend rate that sizes leases is no multiple of the cost.
+        for _ in 0..(tick * 7 % 13) {
+            decide(&e.delivery, &keys, now);
+        }
+    }
+}
+
 const CAPPED: &str = r#"
 [[campaign]]
 id = 1
@@ -321,4 +345,48 @@ bid = 1.0
             .as_deref(),
         Some("flight: ended 2026-12-06 23:59:59 UTC")
     );
+}
+
+/// A flight that has not started never wins, not even before the first tick or in the moment
+/// between a reload that adds (or moves) it and the next tick.
+#[tokio::test]
+async fn issue11_flight_not_started_never_wins_before_a_tick() {
+    let later = r#"
+[[campaign]]
+id = 1
+url = "https://a.example"
+bid = 5.0
+start = 2026-12-05T00:00:00Z
+
+[[campaign]]
+id = 2
+url = "https://b.example"
+bid = 1.0
+"#;
+    let e = engine(later);
+    let keys = Keys::default();
+    assert_eq!(decide(&e.delivery, &keys, DAY), 2, "before the first tick");
+    e.delivery.tick(DAY).await;
+    assert_eq!(decide(&e.delivery, &keys, DAY), 2);
+    // Reloaded: campaign 3 is new and starts later; campaign 1 now started long ago, and
+    // keeps its state.
+    let reloaded = later.replace("id = 2", "id = 3\nstart = 2026-12-09T00:00:00Z")
+        + "\n[[campaign]]\nid = 4\nurl = \"https://d.example\"\nbid = 0.5\n";
+    let reloaded = reloaded.replace(
+        "start = 2026-12-05T00:00:00Z",
+        "start = 2026-11-01T00:00:00Z",
+    );
+    let catalogue = Catalogue::new(file::parse(&reloaded).unwrap(), "test.toml".into());
+    e.delivery.catalogue.store(Arc::new(catalogue));
+    assert_eq!(decide(&e.delivery, &keys, DAY), 1, "started by the reload");
+    let reloaded = reloaded.replace("bid = 5.0", "bid = 0.1");
+    let catalogue = Catalogue::new(file::parse(&reloaded).unwrap(), "test.toml".into());
+    e.delivery.catalogue.store(Arc::new(catalogue));
+    for _ in 0..20 {
+        assert_ne!(
+            decide(&e.delivery, &keys, DAY),
+            3,
+            "a new campaign not started won"
+        );
+    }
 }
