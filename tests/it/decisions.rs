@@ -224,7 +224,23 @@ fn issue10_decisions_api() {
         ],
     );
     assert_eq!(r.status, 204);
+    // The page's origin is named and credentials allowed (the tag sends the identity cookie);
+    // a caller without Origin gets `*`.
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://publisher.example")
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(r.header("vary"), Some("Origin"));
+    let r = request(s.addr, "OPTIONS", "/v1/decisions", &[]);
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(r.header("access-control-allow-credentials"), None);
+    let r = request(
+        s.addr,
+        "OPTIONS",
+        "/v1/decisions",
+        &[("Origin", b"https://publisher.example")],
+    );
     assert_eq!(
         r.header("access-control-allow-methods"),
         Some("POST, OPTIONS")
