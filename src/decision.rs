@@ -405,7 +405,7 @@ impl Decider {
         geo_ok: bool,
     ) {
         let (campaign_id, spend, budgeted) = match outcome {
-            Outcome::Won(c) => (c.id, c.impression_cost(), c.delivery.budget.is_some()),
+            Outcome::Won(c) => (c.id, c.impression_cost(), c.delivery().budget.is_some()),
             _ => (0, 0, false),
         };
         if let Some(stats) = &self.stats {

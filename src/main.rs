@@ -499,7 +499,7 @@ fn check(path: Option<&Path>) -> Result<()> {
         catalogue
             .campaigns()
             .iter()
-            .filter(|c| f(&c.delivery))
+            .filter(|c| f(&c.delivery()))
             .count()
     };
     writeln!(
@@ -588,7 +588,7 @@ fn explain_delivery(
         .load()
         .campaigns()
         .iter()
-        .any(|c| !c.delivery.is_unlimited());
+        .any(|c| !c.delivery().is_unlimited());
     if !limited {
         return Ok(decider);
     }

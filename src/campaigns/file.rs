@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use super::creatives::{Creative, CreativeKind, Size};
 use super::placements::{self, Placement};
-use super::{Campaign, Targeting};
+use super::{Campaign, Delivery, Targeting};
 use super::{budget, countries, names};
 use crate::config::{check_url, one_line};
 use crate::visitor::geoip::Country;
@@ -492,7 +492,7 @@ impl Checker {
                 targeting,
                 placements: placement_ids,
                 creatives,
-                delivery,
+                limits: (delivery != Delivery::default()).then(|| Box::new(delivery)),
             });
         }
     }
@@ -913,7 +913,7 @@ kinds = ["image", "html"]
                     [[campaign]]\nid = 2\nurl = \"https://a.b\"\nbid = 2.5\n";
         let parsed = parse(text).unwrap();
         let c = parsed.campaigns.iter().find(|c| c.id == 1).unwrap();
-        let d = &c.delivery;
+        let d = &c.delivery();
         assert_eq!(d.pricing, crate::campaigns::Pricing::Cpc);
         assert_eq!(d.flight.start, Some(1_796_083_200));
         // A bare end date is the day's last second in the budget's zone (UTC+1 in December).
@@ -926,7 +926,7 @@ kinds = ["image", "html"]
         assert_eq!((cap.impressions, cap.per_secs), (3, 86_400));
         assert_eq!((c.impression_cost(), c.click_cost()), (0, 2_500_000));
         let plain = parsed.campaigns.iter().find(|c| c.id == 2).unwrap();
-        assert!(plain.delivery.is_unlimited());
+        assert!(plain.delivery().is_unlimited());
         assert_eq!(plain.impression_cost(), 2_500);
 
         let bad = "[[campaign]]\nid = 1\nurl = \"https://a.b\"\nbid = 1\n\

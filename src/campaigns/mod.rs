@@ -56,14 +56,32 @@ pub struct Campaign {
     pub placements: Vec<String>,
     /// What the campaign shows in placements; without any it only serves `GET /ad`.
     pub creatives: Vec<Creative>,
-    /// Pricing, flight, budget and frequency cap.
-    pub delivery: Delivery,
+    /// Pricing, flight, budget and frequency cap; `None` when nothing limits delivery (most
+    /// campaigns: boxed so that they do not pay for the fields, 8 bytes instead of 120).
+    pub limits: Option<Box<Delivery>>,
 }
 
+/// What an unlimited campaign's [`Campaign::delivery`] says.
+static UNLIMITED: Delivery = Delivery {
+    pricing: Pricing::Cpm,
+    flight: budget::Flight {
+        start: None,
+        end: None,
+    },
+    budget: None,
+    frequency_cap: None,
+};
+
 impl Campaign {
+    /// Pricing, flight, budget and frequency cap (the defaults when none is set).
+    #[inline]
+    pub fn delivery(&self) -> &Delivery {
+        self.limits.as_deref().unwrap_or(&UNLIMITED)
+    }
+
     /// What one counted impression costs: bid/1000 for a cpm campaign, nothing for cpc.
     pub fn impression_cost(&self) -> Micros {
-        match self.delivery.pricing {
+        match self.delivery().pricing {
             Pricing::Cpm => budget::to_micros(self.bid / 1000.0),
             Pricing::Cpc => 0,
         }
@@ -71,7 +89,7 @@ impl Campaign {
 
     /// What one counted click costs: the bid for a cpc campaign, nothing for cpm.
     pub fn click_cost(&self) -> Micros {
-        match self.delivery.pricing {
+        match self.delivery().pricing {
             Pricing::Cpm => 0,
             Pricing::Cpc => budget::to_micros(self.bid),
         }

@@ -132,7 +132,7 @@ impl Explaining {
         let gate = self.delivery.gate();
         let capped: Vec<u32> = gate
             .limited_campaigns()
-            .filter(|(_, c, _)| c.delivery.frequency_cap.is_some())
+            .filter(|(_, c, _)| c.delivery().frequency_cap.is_some())
             .map(|(_, c, _)| c.id)
             .collect();
         for id in capped {

@@ -210,17 +210,17 @@ impl Gate {
         let mut runtimes = Vec::with_capacity(campaigns.len());
         let (mut limited, mut capped) = (false, false);
         for (position, c) in campaigns.iter().enumerate() {
-            if c.delivery.is_unlimited() {
+            if c.delivery().is_unlimited() {
                 runtimes.push(None);
                 continue;
             }
             limited = true;
-            capped |= c.delivery.frequency_cap.is_some();
-            if c.delivery.budget.is_some() || c.delivery.frequency_cap.is_some() {
+            capped |= c.delivery().frequency_cap.is_some();
+            if c.delivery().budget.is_some() || c.delivery().frequency_cap.is_some() {
                 gated[position / 64] |= 1 << (position % 64);
             }
             let r = runtime(c);
-            let flight = &c.delivery.flight;
+            let flight = &c.delivery().flight;
             if flight.start.is_some() || flight.end.is_some() {
                 let verdict = now.map_or(Status::NotStarted, |now| Status::of_flight(flight, now));
                 // An open flight keeps the budget's verdict; a closed one overrides it.
@@ -365,7 +365,7 @@ impl Gate {
         at_cap: &mut impl FnMut(u32, &Keys) -> bool,
     ) -> Result<Candidate, Excluded> {
         let mut capped = false;
-        if campaign.delivery.frequency_cap.is_some() {
+        if campaign.delivery().frequency_cap.is_some() {
             match identity.map(|i| i.keys()).filter(|k| !k.is_empty()) {
                 Some(k) if at_cap(campaign.id, k) => return Err(Excluded::FrequencyCap),
                 Some(_) => capped = true,
@@ -374,14 +374,14 @@ impl Gate {
             }
         }
         let mut charged = 0;
-        if campaign.delivery.budget.is_some() {
+        if campaign.delivery().budget.is_some() {
             runtime.asked.fetch_add(1, Ordering::Relaxed);
             let admit = runtime.admit.load(Ordering::Relaxed);
             if admit != u32::MAX && fastrand::u32(..) >= admit {
                 runtime.held.fetch_add(1, Ordering::Relaxed);
                 return Err(Excluded::Pacing);
             }
-            match campaign.delivery.pricing {
+            match campaign.delivery().pricing {
                 Pricing::Cpm => {
                     let cost = campaign.impression_cost().max(1);
                     if !runtime.charge(cost) {

@@ -126,7 +126,7 @@ pub fn day_bounds(budget: &Budget, now: i64) -> (i32, i64, i64) {
 
 /// A campaign's unit of spend: what one impression (cpm) or click (cpc) costs.
 fn unit_cost(campaign: &Campaign) -> Micros {
-    match campaign.delivery.pricing {
+    match campaign.delivery().pricing {
         Pricing::Cpm => campaign.impression_cost().max(1),
         Pricing::Cpc => campaign.click_cost().max(1),
     }
@@ -266,7 +266,7 @@ impl Delivery {
             .take_while(|c| c.capped)
             .filter_map(|c| {
                 let campaign = gate.catalogue.get(c.position)?;
-                let cap = campaign.delivery.frequency_cap?;
+                let cap = campaign.delivery().frequency_cap?;
                 Some(CapAsk {
                     campaign: campaign.id,
                     limit: cap.impressions,
@@ -340,7 +340,7 @@ impl Delivery {
             return;
         }
         let day = campaign
-            .delivery
+            .delivery()
             .budget
             .as_ref()
             .map_or(0, |b| day_bounds(b, now).0);
@@ -374,7 +374,7 @@ impl Delivery {
     /// at `now`, in `rotator explain`'s words; `views` = the visitor's views counting now
     /// against its cap, when known.
     pub fn reason(&self, campaign: &Campaign, now: i64, views: Option<u32>) -> Option<String> {
-        let d = &campaign.delivery;
+        let d = &campaign.delivery();
         let date = |t: i64| {
             jiff::Timestamp::from_second(t)
                 .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
@@ -454,7 +454,7 @@ impl Delivery {
         for (_, campaign, runtime) in gate.limited_campaigns() {
             let left = runtime.balance.swap(0, Ordering::AcqRel);
             let day = runtime.book.lock().unwrap_or_else(|e| e.into_inner()).day;
-            if left > 0 && campaign.delivery.budget.is_some() && day != i32::MIN {
+            if left > 0 && campaign.delivery().budget.is_some() && day != i32::MIN {
                 let _ = self
                     .state
                     .refund(campaign.id, Some(day), left as Micros)
@@ -475,7 +475,7 @@ impl Delivery {
     pub async fn look(&self, now: i64) -> Result<(), StateError> {
         let gate = self.gate();
         for (_, campaign, _) in gate.limited_campaigns() {
-            if let Some(budget) = &campaign.delivery.budget {
+            if let Some(budget) = &campaign.delivery().budget {
                 self.state
                     .spent(campaign.id, day_bounds(budget, now).0)
                     .await?;
@@ -492,8 +492,8 @@ impl Delivery {
         let mut asks = Vec::new();
         let mut askers = Vec::new();
         for (_, campaign, runtime) in gate.limited_campaigns() {
-            let mut status = Status::of_flight(&campaign.delivery.flight, now);
-            if let Some(budget) = &campaign.delivery.budget
+            let mut status = Status::of_flight(&campaign.delivery().flight, now);
+            if let Some(budget) = &campaign.delivery().budget
                 && status == Status::Open
             {
                 status = self

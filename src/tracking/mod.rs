@@ -569,7 +569,7 @@ impl Tracker {
             EventKind::Click => campaign.click_cost(),
             EventKind::Viewable => 0,
         };
-        if spend > 0 && campaign.delivery.budget.is_some() {
+        if spend > 0 && campaign.delivery().budget.is_some() {
             self.metrics.observe_spend(campaign.id, spend);
             if claims.kind == EventKind::Click
                 && let Some(delivery) = &costs.delivery
