@@ -499,7 +499,7 @@ fn check(path: Option<&Path>) -> Result<()> {
         catalogue
             .campaigns()
             .iter()
-            .filter(|c| f(&c.delivery()))
+            .filter(|c| f(c.delivery()))
             .count()
     };
     writeln!(
