@@ -9,7 +9,7 @@ use super::identity::{Identity, LazyIdentity};
 use super::*;
 use crate::campaigns::{Catalogue, file};
 use crate::config::{IdentityConfig, OnOutage};
-use crate::tracking::{Seen, Signer};
+use crate::tracking::{EventKind, Seen, Signer};
 use crate::visitor::Visitor;
 use crate::visitor::user_agent::UserAgentParser;
 
