@@ -11,7 +11,7 @@
 //!    covers one entry, so an edit of another campaign does not make it stale, and comments or
 //!    formatting do not count as changes.
 //! 3. **Untouched text stays as it was.** The file is edited as a `toml_edit` document: the
-//!    changed entry is merged key by key into the existing one ([`merge_table`]), so comments,
+//!    changed entry is merged key by key into the existing one (`merge_table`), so comments,
 //!    order and formatting of everything else (and of the unchanged keys of the entry) are kept.
 //! 4. **Only a valid file is written.** The new text is checked by the loader itself
 //!    ([`crate::campaigns::file::parse`]); its problems come back in its words (`422`).

@@ -84,7 +84,7 @@ pub struct DecisionRequest {
     pub ua: Option<String>,
 }
 
-/// One filled slot, as the API returns it (written by [`write_response`]).
+/// One filled slot, as the API returns it (written by `write_response`).
 #[derive(Debug)]
 pub struct DecisionJson {
     /// Winning campaign.
