@@ -269,6 +269,23 @@ pub async fn retire<T: Send + Sync + 'static>(old: Arc<T>) {
     .await;
 }
 
+/// [`retire`] from synchronous code: on a blocking thread of the current runtime, or here when
+/// there is none (tests, the CLI).
+pub fn retire_soon<T: Send + Sync + 'static>(old: Arc<T>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(move || {
+                drop(old);
+                release_freed_memory();
+            });
+        }
+        Err(_) => {
+            drop(old);
+            release_freed_memory();
+        }
+    }
+}
+
 /// Asks the allocator to give free memory back to the system. glibc keeps the memory of freed
 /// small allocations in its heaps (per-thread arenas) and returns it only when the top of a heap
 /// is free; after a large catalogue is replaced by a small one most of it stays resident.

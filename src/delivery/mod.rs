@@ -175,15 +175,20 @@ impl Delivery {
         let catalogue = self.catalogue.load_full();
         let now = self.clock.load(Ordering::Relaxed);
         let now = (now != i64::MIN).then_some(now);
-        let fresh = Arc::new(Gate::build(catalogue.clone(), now, |c| {
-            runtimes
-                .entry(c.id)
-                .or_insert_with(|| Arc::new(Runtime::new(c.id)))
-                .clone()
+        // Runtimes of campaigns still there are kept (their leases, pacing); the others dropped.
+        let mut kept = HashMap::new();
+        let fresh = Arc::new(Gate::build(catalogue, now, |c| {
+            let runtime = runtimes
+                .remove(&c.id)
+                .unwrap_or_else(|| Arc::new(Runtime::new(c.id)));
+            kept.insert(c.id, runtime.clone());
+            runtime
         }));
-        runtimes.retain(|id, _| catalogue.campaigns().iter().any(|c| c.id == *id));
+        *runtimes = kept;
         self.metrics.forget_budgets();
-        self.gate.store(fresh.clone());
+        // The old gate may hold the last reference to a replaced catalogue: retired like the
+        // reloader retires catalogues, so its memory goes back to the system.
+        crate::file_watch::retire_soon(self.gate.swap(fresh.clone()));
         fresh
     }
 

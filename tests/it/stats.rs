@@ -36,20 +36,25 @@ pub fn ad_key(k: [&str; 5]) -> [String; 7] {
     [campaign, country, browser, os, device, "", "0"].map(String::from)
 }
 
-/// What `rounds` rounds of [`send_round`] count.
+/// What one `GET /ad` impression of the seed campaigns 1, 2 and 3 costs: their CPM bids in
+/// `campaigns.toml` (1.5, 2.0, 0.8) / 1000, in micro-units.
+const SEED_COSTS: [u64; 3] = [1_500, 2_000, 800];
+
+/// What `rounds` rounds of [`send_round`] count (the redirect is the impression, with its cost).
 pub fn expected(rounds: u64) -> Sums {
+    let [one, two, three] = SEED_COSTS;
     Sums::from([
         (
             ad_key(["1", "RU", "Chrome", "Windows", "desktop"]),
-            [3 * rounds, 3 * rounds, 0, 0, 0],
+            [3 * rounds, 3 * rounds, 0, 0, 3 * rounds * one],
         ),
         (
             ad_key(["2", "DE", "Chrome Mobile", "Android", "mobile"]),
-            [2 * rounds, 2 * rounds, 0, 0, 0],
+            [2 * rounds, 2 * rounds, 0, 0, 2 * rounds * two],
         ),
         (
             ad_key(["3", "US", "Firefox", "Linux", "desktop"]),
-            [rounds, rounds, 0, 0, 0],
+            [rounds, rounds, 0, 0, rounds * three],
         ),
         (
             ad_key(["0", "RU", "Googlebot", "Other", "bot"]),
