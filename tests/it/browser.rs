@@ -204,13 +204,13 @@ html = "<a id='green' href='{{{{click_url}}}}' style='display:block;width:728px;
 }
 
 /// chromedriver on a free loopback port, killed (by its PID) when dropped.
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     url: String,
 }
 
 impl Driver {
-    fn start(program: &Path) -> Driver {
+    pub(crate) fn start(program: &Path) -> Driver {
         let port = free_port();
         let child = Command::new(program)
             .arg(format!("--port={port}"))
@@ -239,7 +239,7 @@ impl Drop for Driver {
     }
 }
 
-async fn browser(driver: &Driver) -> Client {
+pub(crate) async fn browser(driver: &Driver) -> Client {
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),

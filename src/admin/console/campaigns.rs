@@ -1,0 +1,248 @@
+//! The campaign list: each campaign's status, today's figures and a chart of today's hourly
+//! impressions (inline SVG, drawn on the server).
+//!
+//! Status comes from what is being served (the catalogue): paused, no creatives, scheduled
+//! (flight not started), ended, else serving. "Out of budget" is derived from today's spend in
+//! the statistics against the daily budget (UTC day): the delivery engine's own budget state
+//! lives with the ad listener's decider, which the admin side does not hold.
+
+use std::collections::HashMap;
+
+use hyper::{Response, StatusCode};
+use maud::{Markup, html};
+use serde_json::Value as Json;
+
+use super::{Page, csrf, html_response, layout, may_write};
+use crate::admin::edit::etag_of;
+use crate::admin::reports::{self, REPORT_TIMEOUT, ReportLine};
+use crate::campaigns::Campaign;
+use crate::http::Body;
+use crate::stats::report::ReportQuery;
+
+/// A campaign's state as the list shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Status {
+    Serving,
+    Paused,
+    Scheduled,
+    Ended,
+    OutOfBudget,
+    NoCreatives,
+}
+
+impl Status {
+    fn label(self) -> &'static str {
+        match self {
+            Status::Serving => "serving",
+            Status::Paused => "paused",
+            Status::Scheduled => "scheduled",
+            Status::Ended => "ended",
+            Status::OutOfBudget => "out of budget",
+            Status::NoCreatives => "no creatives",
+        }
+    }
+}
+
+/// The status of a served campaign at `now`, given today's spend (currency units).
+pub(super) fn status(campaign: &Campaign, now: i64, daily: Option<f64>, spent: f64) -> Status {
+    let flight = &campaign.delivery.flight;
+    if !campaign.active {
+        Status::Paused
+    } else if campaign.creatives.is_empty() {
+        Status::NoCreatives
+    } else if flight.start.is_some_and(|s| now < s) {
+        Status::Scheduled
+    } else if flight.end.is_some_and(|e| now > e) {
+        Status::Ended
+    } else if daily.is_some_and(|d| spent >= d) {
+        Status::OutOfBudget
+    } else {
+        Status::Serving
+    }
+}
+
+/// Today's figures per campaign id, and impressions per hour (index = UTC hour).
+struct Today {
+    lines: HashMap<String, ReportLine>,
+    hourly: HashMap<String, Vec<u64>>,
+    error: Option<String>,
+}
+
+async fn today(page: &Page<'_>, now: u32) -> Today {
+    let midnight = now - now % 86_400;
+    let mut out = Today {
+        lines: HashMap::new(),
+        hourly: HashMap::new(),
+        error: None,
+    };
+    let q = ReportQuery {
+        from: midnight,
+        to: now + 60,
+        by: vec!["campaign_id"],
+    };
+    match reports::run(&page.admin.sink, &q).await {
+        Ok(doc) => {
+            for line in doc.rows {
+                if let Some(id) = line.campaign.clone() {
+                    out.lines.insert(id, line);
+                }
+            }
+        }
+        Err(e) => {
+            out.error = Some(e.to_string());
+            return out;
+        }
+    }
+    let hours = ((now - midnight) / 3600 + 1) as usize;
+    for hour in 0..hours {
+        let from = midnight + hour as u32 * 3600;
+        let q = ReportQuery {
+            from,
+            to: from + 3600,
+            by: vec!["campaign_id"],
+        };
+        let Ok(Ok(rows)) = tokio::time::timeout(REPORT_TIMEOUT, page.admin.sink.report(&q)).await
+        else {
+            continue;
+        };
+        for row in rows {
+            if let Some(id) = row.group.first() {
+                let series = out
+                    .hourly
+                    .entry(id.clone())
+                    .or_insert_with(|| vec![0; hours]);
+                series[hour] = row.impressions;
+            }
+        }
+    }
+    out
+}
+
+/// A small line chart of `series` (inline SVG; its label says what it shows).
+pub(super) fn sparkline(series: &[u64]) -> Markup {
+    const W: f64 = 96.0;
+    const H: f64 = 24.0;
+    let max = series.iter().copied().max().unwrap_or(0);
+    let total: u64 = series.iter().sum();
+    let step = if series.len() > 1 {
+        W / (series.len() - 1) as f64
+    } else {
+        0.0
+    };
+    let points: Vec<String> = series
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let y = if max == 0 {
+                H - 1.0
+            } else {
+                H - 1.0 - (*v as f64 / max as f64) * (H - 2.0)
+            };
+            format!("{:.1},{:.1}", i as f64 * step, y)
+        })
+        .collect();
+    let label = format!("Impressions per hour today: {total} in all, at most {max} in an hour");
+    html! {
+        svg.spark width="96" height="24" viewBox="0 0 96 24" role="img" aria-label=(label) {
+            title { (label) }
+            polyline points=(points.join(" ")) fill="none" stroke="currentColor" stroke-width="1.5" {}
+        }
+    }
+}
+
+/// `GET /campaigns`
+pub(super) async fn list(page: &Page<'_>) -> Response<Body> {
+    let admin = page.admin;
+    let snapshot = match admin.campaigns.read().await {
+        Ok(s) => s,
+        Err(e) => {
+            return html_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                layout(
+                    page,
+                    "Campaigns",
+                    html! { p.error role="alert" { (e.to_string()) } },
+                ),
+            );
+        }
+    };
+    let now = reports::unix_now();
+    let today = today(page, now).await;
+    let catalogue = admin.campaigns.catalogue().load();
+    let served: HashMap<u32, &Campaign> = catalogue.campaigns().iter().map(|c| (c.id, c)).collect();
+    let writer = may_write(page);
+    let notice = page.param("notice");
+    let content = html! {
+        @if !notice.is_empty() { p.notice role="status" { (notice) } }
+        @if writer { p { a.button href="/campaigns/new" { "New campaign" } } }
+        @if let Some(e) = &today.error {
+            p.error role="alert" { "Today's figures are unavailable: " (e) }
+        }
+        div.scroll {
+        table {
+            caption { "Campaigns with today's figures (UTC day)" }
+            thead { tr {
+                th scope="col" { "ID" } th scope="col" { "Name" } th scope="col" { "Status" }
+                th scope="col" .num { "Requests" } th scope="col" .num { "Impressions" }
+                th scope="col" .num { "Clicks" } th scope="col" .num { "CTR" }
+                th scope="col" .num { "Spend" } th scope="col" { "Today" }
+                th scope="col" { "Actions" }
+            } }
+            tbody {
+                @for c in snapshot.campaigns() {
+                    (row(page, &c, &served, &today, now, writer))
+                }
+            }
+        }
+        }
+    };
+    html_response(StatusCode::OK, layout(page, "Campaigns", content))
+}
+
+fn row(
+    page: &Page<'_>,
+    c: &Json,
+    served: &HashMap<u32, &Campaign>,
+    today: &Today,
+    now: u32,
+    writer: bool,
+) -> Markup {
+    let id = c["id"].as_u64().unwrap_or(0);
+    let key = id.to_string();
+    let line = today.lines.get(&key);
+    let spent: f64 = line.and_then(|l| l.spend.parse().ok()).unwrap_or(0.0);
+    let daily = c["budget"]["daily"].as_f64();
+    let state = served
+        .get(&(id as u32))
+        .map(|s| status(s, i64::from(now), daily, spent));
+    let name = c["name"].as_str().unwrap_or("");
+    let active = c["active"].as_bool().unwrap_or(true);
+    let n = |f: fn(&ReportLine) -> u64| line.map_or(0, f);
+    let series = today.hourly.get(&key).cloned().unwrap_or_default();
+    html! {
+        tr {
+            td { (id) }
+            th scope="row" { a href={ "/campaigns/" (id) } { @if name.is_empty() { "campaign " (id) } @else { (name) } } }
+            td { @match state {
+                Some(s) => span class={ "status s-" (s.label().replace(' ', "-")) } { (s.label()) },
+                None => span.status { "not loaded" },
+            } }
+            td.num { (n(|l| l.requests)) }
+            td.num { (n(|l| l.impressions)) }
+            td.num { (n(|l| l.clicks)) }
+            td.num { (format!("{:.2} %", line.map_or(0.0, |l| l.ctr * 100.0))) }
+            td.num { (line.map_or("0.000000", |l| l.spend.as_str())) }
+            td { (sparkline(&series)) }
+            td.actions {
+                a href={ "/campaigns/" (id) } { @if writer { "Edit" } @else { "View" } }
+                @if writer {
+                    form method="post" action={ "/campaigns/" (id) "/" (if active { "pause" } else { "resume" }) } {
+                        (csrf(page))
+                        input type="hidden" name="etag" value=(etag_of(c));
+                        button type="submit" { @if active { "Pause" } @else { "Resume" } }
+                    }
+                }
+            }
+        }
+    }
+}
