@@ -14,7 +14,9 @@ use fantoccini::{Client, Locator};
 use serde_json::Value;
 
 use crate::browser::{Driver, browser};
-use crate::harness::{Response, Server, config, parse, repo, run, send_raw, temp_dir};
+use crate::harness::{
+    Response, Server, config, parse, repo, run, send_raw, send_raw_from, temp_dir,
+};
 use crate::server::{CHROME, DE};
 use crate::support::tool;
 
@@ -148,6 +150,19 @@ fn http_checks(s: &Server, admin: SocketAddr, admin_token: &str, viewer_token: &
     );
     assert_eq!(r.status, 401, "{r:?}");
     assert!(r.header("set-cookie").is_none());
+    // Failed sign-ins are limited per client, like bearer tokens (another source address, so
+    // the sign-ins below are not refused).
+    let attempt = form(&[("token", "rotator_guess")]);
+    let raw = format!(
+        "POST /sign-in HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{attempt}",
+        attempt.len()
+    );
+    let statuses: Vec<u16> = (0..11)
+        .map(|_| parse(&send_raw_from([127, 0, 0, 3].into(), admin, raw.as_bytes())).status)
+        .collect();
+    assert_eq!(statuses[..10], [401; 10], "{statuses:?}");
+    assert_eq!(statuses[10], 429, "{statuses:?}");
 
     let cookie = sign_in(admin, admin_token);
     let with = [("Cookie", cookie.as_str()), FORM];

@@ -246,3 +246,80 @@ fn row(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+[[campaign]]
+id = 1
+url = "https://a.example/"
+bid = 1.0
+[[campaign.creative]]
+id = 1
+kind = "text"
+text = "a"
+
+[[campaign]]
+id = 2
+url = "https://a.example/"
+bid = 1.0
+active = false
+[[campaign.creative]]
+id = 2
+kind = "text"
+text = "a"
+
+[[campaign]]
+id = 3
+url = "https://a.example/"
+bid = 1.0
+
+[[campaign]]
+id = 4
+url = "https://a.example/"
+bid = 1.0
+start = 2030-01-01
+[[campaign.creative]]
+id = 4
+kind = "text"
+text = "a"
+
+[[campaign]]
+id = 5
+url = "https://a.example/"
+bid = 1.0
+end = 2020-01-01
+[[campaign.creative]]
+id = 5
+kind = "text"
+text = "a"
+"#;
+
+    #[test]
+    fn every_status() {
+        let parsed = crate::campaigns::file::parse(FILE).unwrap();
+        let now = 1_800_000_000; // 2027-01-15
+        let of = |i: usize, daily, spent| status(&parsed.campaigns[i], now, daily, spent);
+        assert_eq!(of(0, None, 99.0), Status::Serving);
+        assert_eq!(of(0, Some(5.0), 4.99), Status::Serving);
+        assert_eq!(of(0, Some(5.0), 5.0), Status::OutOfBudget);
+        assert_eq!(of(1, None, 0.0), Status::Paused);
+        assert_eq!(of(2, None, 0.0), Status::NoCreatives);
+        assert_eq!(of(3, None, 0.0), Status::Scheduled);
+        assert_eq!(of(4, None, 0.0), Status::Ended);
+    }
+
+    #[test]
+    fn sparkline_scales_to_the_busiest_hour() {
+        let svg = sparkline(&[0, 5, 10]).into_string();
+        assert!(
+            svg.contains("points=\"0.0,23.0 48.0,12.0 96.0,1.0\""),
+            "{svg}"
+        );
+        assert!(svg.contains("15 in all, at most 10 in an hour"), "{svg}");
+        let flat = sparkline(&[]).into_string();
+        assert!(flat.contains("0 in all"), "{flat}");
+    }
+}
