@@ -150,23 +150,23 @@ impl Handler for AdminListener {
 }
 
 /// Headers every admin response carries: nothing cached, nothing sniffed, never framed, no
-/// referrer leaked. (The console sets its own `Content-Security-Policy` for its pages, and the
-/// creative preview its own `X-Frame-Options: SAMEORIGIN`.)
+/// referrer leaked. (The console sets its own `Content-Security-Policy` and `Referrer-Policy:
+/// same-origin` for its pages, and the creative preview its own `X-Frame-Options: SAMEORIGIN`.)
 pub fn secure_headers(response: &mut Response<Body>) {
     let headers = response.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers
-        .entry(HeaderName::from_static("x-frame-options"))
-        .or_insert(HeaderValue::from_static("DENY"));
     for (name, value) in [
-        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
         ("referrer-policy", "no-referrer"),
     ] {
-        headers.insert(
-            HeaderName::from_static(name),
-            HeaderValue::from_static(value),
-        );
+        headers
+            .entry(HeaderName::from_static(name))
+            .or_insert(HeaderValue::from_static(value));
     }
+    headers.insert(
+        HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    );
     headers
         .entry(HeaderName::from_static("content-security-policy"))
         .or_insert(HeaderValue::from_static(

@@ -123,7 +123,7 @@ fn check_security_headers(r: &Response) {
     }
     assert!(!csp.contains("unsafe-inline"), "{csp}");
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
-    assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+    assert_eq!(r.header("referrer-policy"), Some("same-origin"));
     assert_eq!(r.header("x-frame-options"), Some("DENY"));
     assert!(!r.body.contains("<script>"), "no inline script: {}", r.body);
 }
@@ -149,6 +149,16 @@ fn http_checks(s: &Server, admin: SocketAddr, admin_token: &str, viewer_token: &
         &form(&[("token", "rotator_wrong")]),
     );
     assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.header("set-cookie").is_none());
+    // A form sent from another site is refused, sign-in included (a login CSRF).
+    let r = send(
+        admin,
+        "POST",
+        "/sign-in",
+        &[FORM, ("Origin", "http://evil.example")],
+        &form(&[("token", admin_token)]),
+    );
+    assert_eq!(r.status, 403, "{r:?}");
     assert!(r.header("set-cookie").is_none());
     // Failed sign-ins are limited per client, like bearer tokens (another source address, so
     // the sign-ins below are not refused).

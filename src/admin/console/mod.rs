@@ -22,7 +22,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue, LOCATION};
+use hyper::header::{
+    CONTENT_SECURITY_POLICY, CONTENT_TYPE, HOST, HeaderValue, LOCATION, ORIGIN, REFERRER_POLICY,
+};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use maud::{DOCTYPE, Markup, html};
 
@@ -74,6 +76,13 @@ pub async fn answer(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> 
     } else {
         parts.method.clone()
     };
+    if method == Method::POST && !same_origin(&parts.headers) {
+        return message(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "This form was sent from another site.",
+        );
+    }
     match (&method, path.as_str()) {
         (&Method::GET, "/assets/console.css") => return asset(CSS, "text/css; charset=utf-8"),
         (&Method::GET, "/assets/console.js") => {
@@ -174,6 +183,24 @@ pub async fn answer(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> 
     }
 }
 
+/// Whether a form comes from the console's own pages: browsers send `Origin` with every
+/// `POST`; it must name this host. (This covers the sign-in form too, which has no session, so
+/// no CSRF token, yet: another site cannot sign a visitor in with its own token.)
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(ORIGIN) else {
+        return true;
+    };
+    let host = headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let origin = origin.to_str().unwrap_or("");
+    let bare = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    !host.is_empty() && bare == Some(host)
+}
+
 async fn read_form(body: Incoming, headers: &HeaderMap) -> Result<Form, Response<Body>> {
     let bytes = super::api::read_body(body, headers).await?;
     Ok(parse_pairs(&bytes))
@@ -196,6 +223,9 @@ pub(crate) fn html_response(status: StatusCode, markup: Markup) -> Response<Body
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_CSP));
+    // Nothing leaves for other sites; the console's own forms keep their `Origin`
+    // (under `no-referrer` a browser sends `Origin: null`).
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     r
 }
 
