@@ -3,8 +3,9 @@
 //! preview, the placements' tags and the CSV download. In a real browser (headless Chromium over
 //! WebDriver): sign in, create a campaign with a creative (after the loader's message for a bad
 //! bid), see `GET /ad` serve it within 2 s, pause it and see it stop, edit with a stale page and
-//! see the conflict, a viewer without write controls, sign out. The browser also saves the
-//! screenshots of the README (docs/screenshots/).
+//! see the conflict, a viewer without write controls, sign out, pages that fit a phone. The
+//! browser also takes the README's screenshots (`UPDATE_SCREENSHOTS=1` writes them to
+//! docs/screenshots/).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -218,6 +219,34 @@ fn http_checks(s: &Server, admin: SocketAddr, admin_token: &str, viewer_token: &
 
     // The edit page: the creative's preview in a sandbox without allow-same-origin.
     let page = send(admin, "GET", "/campaigns/1", &with, "").body;
+    // A creative's problem is shown next to its field (an image needs a size).
+    let etag = page
+        .split("name=\"etag\" value=\"")
+        .nth(1)
+        .and_then(|v| v.split('"').next())
+        .unwrap()
+        .replace("&quot;", "\"");
+    let bad = form(&[
+        ("csrf", &csrf),
+        ("etag", &etag),
+        ("name", "House"),
+        ("url", "https://house.example/"),
+        ("bid", "1"),
+        ("active", "on"),
+        ("creatives", "1"),
+        ("cr0.id", "11"),
+        ("cr0.kind", "image"),
+        ("cr0.image_url", "https://house.example/a.png"),
+    ]);
+    let r = send(admin, "POST", "/campaigns/1", &with, &bad);
+    assert_eq!(r.status, 422, "{r:?}");
+    let err = r
+        .body
+        .split("id=\"f-cr0-size-err\">")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{}", r.body));
+    assert!(err.starts_with("required"), "{err}");
+    assert!(!file().contains("a.png"), "{}", file());
     assert!(
         page.contains("src=\"/preview/1/11\" sandbox=\"allow-scripts\""),
         "{page}"
@@ -286,6 +315,12 @@ fn http_checks(s: &Server, admin: SocketAddr, admin_token: &str, viewer_token: &
         "{}",
         r.body
     );
+    let list = send(admin, "GET", "/campaigns", &with, "").body;
+    assert!(
+        list.contains("<td class=\"num\">3</td><td class=\"num\">3</td><td class=\"num\">0</td>"),
+        "today's requests, impressions, clicks: {list}"
+    );
+    assert!(list.contains("3 in all, at most 3 in an hour"), "{list}");
     let page = send(admin, "GET", "/report?by.campaign=on&since=1h", &with, "").body;
     assert!(
         page.contains("<th scope=\"row\">1</th><td class=\"num\">3</td>"),
@@ -394,8 +429,10 @@ async fn text(c: &Client) -> String {
         .unwrap()
 }
 
-/// Saves a screenshot of the whole page (window 1000 px wide) as docs/screenshots/NAME.png.
-async fn screenshot(c: &Client, name: &str) {
+/// Takes a screenshot of the whole page (window 1000 px wide, at most 1400 px high) into the
+/// test's folder; with `UPDATE_SCREENSHOTS=1`, into docs/screenshots/NAME.png (the README's
+/// pictures), so an ordinary test run leaves the repository as it was.
+async fn screenshot(c: &Client, s: &Server, name: &str) {
     let height = c
         .execute("return document.documentElement.scrollHeight", vec![])
         .await
@@ -405,7 +442,13 @@ async fn screenshot(c: &Client, name: &str) {
         .clamp(400.0, 1400.0);
     c.set_window_size(1000, height as u32 + 90).await.unwrap();
     let png = c.screenshot().await.unwrap();
-    let dir = repo().join("docs/screenshots");
+    // PNG: the width is the big-endian u32 at byte 16 (IHDR).
+    assert_eq!(png[16..20], 1000u32.to_be_bytes(), "{name}: 1000 px wide");
+    let dir = if std::env::var_os("UPDATE_SCREENSHOTS").is_some() {
+        repo().join("docs/screenshots")
+    } else {
+        s.dir.join("screenshots")
+    };
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     c.set_window_size(1000, 700).await.unwrap();
@@ -487,7 +530,23 @@ async fn scenario(
     let took = until(s, |l| l == CONSOLE_URL, "the new campaign served").await;
     assert!(took < Duration::from_secs(2), "served after {took:?}");
     let edit_url = url.as_str().split('?').next().unwrap().to_string();
-    screenshot(&c, "form").await;
+    screenshot(&c, s, "form").await;
+    // The preview frame shows the creative (sandboxed, from the console's origin).
+    let frame = c.find(Locator::Css(".preview iframe")).await.unwrap();
+    assert_eq!(
+        frame.attr("sandbox").await.unwrap().as_deref(),
+        Some("allow-scripts")
+    );
+    frame.enter_frame().await.unwrap();
+    let shown = c
+        .find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(shown.trim(), "Made in the console");
+    c.enter_parent_frame().await.unwrap();
 
     // Pause: it stops within 2 s.
     click(&c, "#pause-resume").await;
@@ -548,16 +607,40 @@ async fn scenario(
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     c.goto(&format!("{base}/campaigns")).await.unwrap();
-    screenshot(&c, "list").await;
+    screenshot(&c, s, "list").await;
     c.goto(&format!(
         "{base}/report?by.campaign=on&by.placement=on&since=24h"
     ))
     .await
     .unwrap();
     assert!(text(&c).await.contains("Download CSV"));
-    screenshot(&c, "report").await;
+    screenshot(&c, s, "report").await;
     c.goto(&format!("{base}/placements")).await.unwrap();
-    screenshot(&c, "placements").await;
+    screenshot(&c, s, "placements").await;
+
+    // On a phone-sized window the pages fit its width (wide tables scroll in their own box).
+    c.set_window_size(390, 800).await.unwrap();
+    for path in ["/campaigns", "/placements", "/report", edit_url.as_str()] {
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{base}{path}")
+        };
+        c.goto(&url).await.unwrap();
+        let fits = c
+            .execute(
+                "return document.documentElement.scrollWidth <= window.innerWidth",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            fits,
+            Value::Bool(true),
+            "{path}: a narrow window, the page no wider"
+        );
+    }
+    c.set_window_size(1000, 700).await.unwrap();
 
     // Keyboard: the skip link is the first thing Tab reaches, and it is visible when focused.
     c.find(Locator::Css("body"))
