@@ -347,6 +347,7 @@ fn serve(path: Option<&Path>) -> Result<()> {
             if config.tracking.public_url.is_empty() {
                 admin.ads_url = format!("http://{}", ad_listener.local_addr()?);
             }
+            admin.delivery = Some(delivery.clone());
             tasks.push(tokio::spawn(server::serve(
                 listener,
                 Arc::new(AdminListener(Arc::new(admin))),

@@ -65,6 +65,9 @@ pub struct Admin {
     /// Where browsers reach the ad listener (the console's tags): `[tracking] public_url`, else
     /// `http://` and `[server] listen` (main.rs puts the bound address there).
     pub ads_url: String,
+    /// The delivery engine (budgets, pacing), when the server runs one: the console's "out of
+    /// budget" status asks it (main.rs sets it).
+    pub delivery: Option<Arc<crate::delivery::Delivery>>,
 }
 
 impl Admin {
@@ -101,6 +104,7 @@ impl Admin {
             } else {
                 config.tracking.public_url.clone()
             },
+            delivery: None,
         })
     }
 

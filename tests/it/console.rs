@@ -35,6 +35,20 @@ bid = 1.0
 id = 11
 kind = "text"
 text = "Hello from the house"
+
+# A daily budget below the price of one impression: the delivery engine says it is spent (the
+# statistics, with nothing spent, could not).
+[[campaign]]
+id = 3
+name = "Tiny budget"
+url = "https://tiny.example/"
+bid = 0.5
+[campaign.budget]
+daily = 0.0001
+[[campaign.creative]]
+id = 31
+kind = "text"
+text = "Tiny"
 "#;
 
 const CONSOLE_URL: &str = "https://console.example/";
@@ -321,6 +335,8 @@ fn http_checks(s: &Server, admin: SocketAddr, admin_token: &str, viewer_token: &
         "today's requests, impressions, clicks: {list}"
     );
     assert!(list.contains("3 in all, at most 3 in an hour"), "{list}");
+    let tiny = list.split("Tiny budget").nth(1).unwrap();
+    assert!(tiny.contains(">out of budget<"), "{tiny}");
     let page = send(admin, "GET", "/report?by.campaign=on&since=1h", &with, "").body;
     assert!(
         page.contains("<th scope=\"row\">1</th><td class=\"num\">3</td>"),

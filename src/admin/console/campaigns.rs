@@ -2,9 +2,10 @@
 //! impressions (inline SVG, drawn on the server).
 //!
 //! Status comes from what is being served (the catalogue): paused, no creatives, scheduled
-//! (flight not started), ended, else serving. "Out of budget" is derived from today's spend in
-//! the statistics against the daily budget (UTC day): the delivery engine's own budget state
-//! lives with the ad listener's decider, which the admin side does not hold.
+//! (flight not started), ended, out of budget, else serving. "Out of budget" is the delivery
+//! engine's own verdict ([`Delivery::reason`]: the daily or total budget spent) when the server
+//! runs one; without it (a bare `Admin`), today's spend in the statistics against the daily
+//! budget (UTC day).
 
 use std::collections::HashMap;
 
@@ -16,6 +17,7 @@ use super::{Page, csrf, html_response, layout, may_write};
 use crate::admin::edit::etag_of;
 use crate::admin::reports::{self, REPORT_TIMEOUT, ReportLine};
 use crate::campaigns::Campaign;
+use crate::delivery::Delivery;
 use crate::http::Body;
 use crate::stats::report::ReportQuery;
 
@@ -43,8 +45,28 @@ impl Status {
     }
 }
 
-/// The status of a served campaign at `now`, given today's spend (currency units).
-pub(super) fn status(campaign: &Campaign, now: i64, daily: Option<f64>, spent: f64) -> Status {
+/// Whether the delivery engine's reason for leaving a campaign out is its budget.
+fn budget_spent(reason: Option<&str>) -> bool {
+    reason.is_some_and(|r| r.starts_with("budget:"))
+}
+
+/// Whether `campaign` has spent its budget: the engine's verdict, else today's `spent` against
+/// its `daily` budget (currency units).
+fn out_of_budget(
+    engine: Option<&Delivery>,
+    campaign: &Campaign,
+    now: i64,
+    daily: Option<f64>,
+    spent: f64,
+) -> bool {
+    match engine {
+        Some(d) => budget_spent(d.reason(campaign, now, None).as_deref()),
+        None => daily.is_some_and(|d| spent >= d),
+    }
+}
+
+/// The status of a served campaign at `now`.
+pub(super) fn status(campaign: &Campaign, now: i64, out_of_budget: bool) -> Status {
     let flight = &campaign.delivery.flight;
     if !campaign.active {
         Status::Paused
@@ -54,7 +76,7 @@ pub(super) fn status(campaign: &Campaign, now: i64, daily: Option<f64>, spent: f
         Status::Scheduled
     } else if flight.end.is_some_and(|e| now > e) {
         Status::Ended
-    } else if daily.is_some_and(|d| spent >= d) {
+    } else if out_of_budget {
         Status::OutOfBudget
     } else {
         Status::Serving
@@ -65,14 +87,18 @@ pub(super) fn status(campaign: &Campaign, now: i64, daily: Option<f64>, spent: f
 struct Today {
     lines: HashMap<String, ReportLine>,
     hourly: HashMap<String, Vec<u64>>,
+    /// Hours of today so far (the length of every series).
+    hours: usize,
     error: Option<String>,
 }
 
 async fn today(page: &Page<'_>, now: u32) -> Today {
     let midnight = now - now % 86_400;
+    let hours = ((now - midnight) / 3600 + 1) as usize;
     let mut out = Today {
         lines: HashMap::new(),
         hourly: HashMap::new(),
+        hours,
         error: None,
     };
     let q = ReportQuery {
@@ -93,7 +119,6 @@ async fn today(page: &Page<'_>, now: u32) -> Today {
             return out;
         }
     }
-    let hours = ((now - midnight) / 3600 + 1) as usize;
     for hour in 0..hours {
         let from = midnight + hour as u32 * 3600;
         let q = ReportQuery {
@@ -212,13 +237,19 @@ fn row(
     let line = today.lines.get(&key);
     let spent: f64 = line.and_then(|l| l.spend.parse().ok()).unwrap_or(0.0);
     let daily = c["budget"]["daily"].as_f64();
+    let now = i64::from(now);
+    let engine = page.admin.delivery.as_deref();
     let state = served
         .get(&(id as u32))
-        .map(|s| status(s, i64::from(now), daily, spent));
+        .map(|s| status(s, now, out_of_budget(engine, s, now, daily, spent)));
     let name = c["name"].as_str().unwrap_or("");
     let active = c["active"].as_bool().unwrap_or(true);
     let n = |f: fn(&ReportLine) -> u64| line.map_or(0, f);
-    let series = today.hourly.get(&key).cloned().unwrap_or_default();
+    let series = today
+        .hourly
+        .get(&key)
+        .cloned()
+        .unwrap_or_else(|| vec![0; today.hours]);
     html! {
         tr {
             td { (id) }
@@ -301,7 +332,10 @@ text = "a"
     fn every_status() {
         let parsed = crate::campaigns::file::parse(FILE).unwrap();
         let now = 1_800_000_000; // 2027-01-15
-        let of = |i: usize, daily, spent| status(&parsed.campaigns[i], now, daily, spent);
+        let c = &parsed.campaigns;
+        let of = |i: usize, daily, spent| {
+            status(&c[i], now, out_of_budget(None, &c[i], now, daily, spent))
+        };
         assert_eq!(of(0, None, 99.0), Status::Serving);
         assert_eq!(of(0, Some(5.0), 4.99), Status::Serving);
         assert_eq!(of(0, Some(5.0), 5.0), Status::OutOfBudget);
@@ -309,6 +343,10 @@ text = "a"
         assert_eq!(of(2, None, 0.0), Status::NoCreatives);
         assert_eq!(of(3, None, 0.0), Status::Scheduled);
         assert_eq!(of(4, None, 0.0), Status::Ended);
+        assert!(budget_spent(Some("budget: daily 5.00 of 5.00 spent")));
+        assert!(budget_spent(Some("budget: total 9.00 of 9.00 spent")));
+        assert!(!budget_spent(Some("pacing: held back")));
+        assert!(!budget_spent(None));
     }
 
     #[test]
