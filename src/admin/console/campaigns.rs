@@ -14,7 +14,6 @@ use maud::{Markup, html};
 use serde_json::Value as Json;
 
 use super::{Page, csrf, html_response, layout, may_write};
-use crate::admin::edit::etag_of;
 use crate::admin::reports::{self, REPORT_TIMEOUT, ReportLine};
 use crate::campaigns::Campaign;
 use crate::delivery::Delivery;
@@ -269,7 +268,6 @@ fn row(
                 @if writer {
                     form method="post" action={ "/campaigns/" (id) "/" (if active { "pause" } else { "resume" }) } {
                         (csrf(page))
-                        input type="hidden" name="etag" value=(etag_of(c));
                         button type="submit" { @if active { "Pause" } @else { "Resume" } }
                     }
                 }
