@@ -239,7 +239,7 @@ impl Drop for Driver {
     }
 }
 
-pub(crate) async fn browser(driver: &Driver) -> Client {
+async fn browser(driver: &Driver) -> Client {
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -561,4 +561,11 @@ fn tag_script_is_served_cacheable_with_a_validator() {
     let post = crate::harness::request(server.addr, "POST", "/v1/tag.js", &[]);
     assert_eq!(post.status, 405);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+impl Driver {
+    /// Where WebDriver sessions are asked for (`console.rs` makes its own).
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
 }

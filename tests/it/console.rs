@@ -11,10 +11,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, Locator};
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::Value;
 
-use crate::browser::{Driver, browser};
+use crate::browser::Driver;
 use crate::harness::{
     Response, Server, config, parse, repo, run, send_raw, send_raw_from, temp_dir,
 };
@@ -398,6 +399,23 @@ fn start(tag: &str) -> (Server, SocketAddr, String, String) {
     let s = Server::start_in(&dir, &cfg, CAMPAIGNS);
     let admin = s.admin.expect("the admin listener");
     (s, admin, admin_token, viewer_token)
+}
+
+/// A headless Chromium session (as `browser.rs` starts it), 1000 px wide: the screenshots' width.
+async fn browser(driver: &Driver) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({ "args": [
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--window-size=1000,700", "--hide-scrollbars", "--force-device-scale-factor=1",
+        ]}),
+    );
+    ClientBuilder::new(HttpConnector::new())
+        .capabilities(caps)
+        .connect(driver.url())
+        .await
+        .unwrap_or_else(|e| panic!("no browser session: {e}"))
 }
 
 async fn fill(c: &Client, id: &str, value: &str) {
