@@ -50,6 +50,34 @@ daily = 0.0001
 id = 31
 kind = "text"
 text = "Tiny"
+
+[[campaign]]
+id = 4
+name = "Next year"
+url = "https://later.example/"
+bid = 0.5
+start = 2099-01-01
+[[campaign.creative]]
+id = 41
+kind = "text"
+text = "Later"
+
+[[campaign]]
+id = 5
+name = "Last year"
+url = "https://earlier.example/"
+bid = 0.5
+end = 2020-01-01
+[[campaign.creative]]
+id = 51
+kind = "text"
+text = "Earlier"
+
+[[campaign]]
+id = 6
+name = "Empty"
+url = "https://empty.example/"
+bid = 0.5
 "#;
 
 const CONSOLE_URL: &str = "https://console.example/";
@@ -336,8 +364,17 @@ fn http_checks(s: &Server, admin: SocketAddr, admin_token: &str, viewer_token: &
         "today's requests, impressions, clicks: {list}"
     );
     assert!(list.contains("3 in all, at most 3 in an hour"), "{list}");
-    let tiny = list.split("Tiny budget").nth(1).unwrap();
-    assert!(tiny.contains(">out of budget<"), "{tiny}");
+    for (name, status) in [
+        ("House", "serving"),
+        ("Tiny budget", "out of budget"),
+        ("Next year", "scheduled"),
+        ("Last year", "ended"),
+        ("Empty", "no creatives"),
+    ] {
+        let row = list.split(&format!(">{name}<")).nth(1).unwrap();
+        let shown = row.split("class=\"status").nth(1).unwrap();
+        assert!(shown.contains(&format!(">{status}<")), "{name}: {shown}");
+    }
     let page = send(admin, "GET", "/report?by.campaign=on&since=1h", &with, "").body;
     assert!(
         page.contains("<th scope=\"row\">1</th><td class=\"num\">3</td>"),

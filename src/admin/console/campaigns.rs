@@ -1,11 +1,11 @@
 //! The campaign list: each campaign's status, today's figures and a chart of today's hourly
 //! impressions (inline SVG, drawn on the server).
 //!
-//! Status comes from what is being served (the catalogue): paused, no creatives, scheduled
-//! (flight not started), ended, out of budget, else serving. "Out of budget" is the delivery
-//! engine's own verdict ([`Delivery::reason`]: the daily or total budget spent) when the server
-//! runs one; without it (a bare `Admin`), today's spend in the statistics against the daily
-//! budget (UTC day).
+//! Status comes from what is being served (the catalogue: paused, no creatives) and from the
+//! delivery engine's verdict ([`Delivery::reason`], `rotator explain`'s words: scheduled = its
+//! flight has not started, ended, out of budget = the daily or total budget spent), else
+//! serving. Without an engine (an `Admin` built outside the server), "out of budget" is today's
+//! spend in the statistics against the daily budget (UTC day).
 
 use std::collections::HashMap;
 
@@ -44,38 +44,31 @@ impl Status {
     }
 }
 
-/// Whether the delivery engine's reason for leaving a campaign out is its budget.
-fn budget_spent(reason: Option<&str>) -> bool {
-    reason.is_some_and(|r| r.starts_with("budget:"))
+/// What the delivery engine says of a campaign it leaves out for everyone now ("flight: starts
+/// …", "flight: ended …", "budget: daily … spent", as `rotator explain` says it), if anything.
+fn engine_reason(engine: Option<&Delivery>, campaign: &Campaign, now: i64) -> Option<String> {
+    engine.and_then(|d| d.reason(campaign, now, None))
 }
 
-/// Whether `campaign` has spent its budget: the engine's verdict, else today's `spent` against
-/// its `daily` budget (currency units).
-fn out_of_budget(
-    engine: Option<&Delivery>,
-    campaign: &Campaign,
-    now: i64,
-    daily: Option<f64>,
-    spent: f64,
-) -> bool {
-    match engine {
-        Some(d) => budget_spent(d.reason(campaign, now, None).as_deref()),
-        None => daily.is_some_and(|d| spent >= d),
-    }
-}
-
-/// The status of a served campaign at `now`.
-pub(super) fn status(campaign: &Campaign, now: i64, out_of_budget: bool) -> Status {
-    let flight = &campaign.delivery.flight;
-    if !campaign.active {
+/// The status of a served campaign (`active`, with creatives or not) from the engine's
+/// `reason`; without an engine, "out of budget" is `stats_spent` (today's spend in the statistics
+/// reached the daily budget).
+pub(super) fn status(
+    active: bool,
+    creatives: bool,
+    reason: Option<&str>,
+    stats_spent: bool,
+) -> Status {
+    let says = |prefix: &str| reason.is_some_and(|r| r.starts_with(prefix));
+    if !active {
         Status::Paused
-    } else if campaign.creatives.is_empty() {
+    } else if !creatives {
         Status::NoCreatives
-    } else if flight.start.is_some_and(|s| now < s) {
+    } else if says("flight: starts") {
         Status::Scheduled
-    } else if flight.end.is_some_and(|e| now > e) {
+    } else if says("flight: ended") {
         Status::Ended
-    } else if out_of_budget {
+    } else if says("budget:") || (reason.is_none() && stats_spent) {
         Status::OutOfBudget
     } else {
         Status::Serving
@@ -236,11 +229,17 @@ fn row(
     let line = today.lines.get(&key);
     let spent: f64 = line.and_then(|l| l.spend.parse().ok()).unwrap_or(0.0);
     let daily = c["budget"]["daily"].as_f64();
-    let now = i64::from(now);
     let engine = page.admin.delivery.as_deref();
-    let state = served
-        .get(&(id as u32))
-        .map(|s| status(s, now, out_of_budget(engine, s, now, daily, spent)));
+    let state = served.get(&(id as u32)).map(|s| {
+        let reason = engine_reason(engine, s, i64::from(now));
+        let stats_spent = engine.is_none() && daily.is_some_and(|d| spent >= d);
+        status(
+            s.active,
+            !s.creatives.is_empty(),
+            reason.as_deref(),
+            stats_spent,
+        )
+    });
     let name = c["name"].as_str().unwrap_or("");
     let active = c["active"].as_bool().unwrap_or(true);
     let n = |f: fn(&ReportLine) -> u64| line.map_or(0, f);
@@ -280,71 +279,63 @@ fn row(
 mod tests {
     use super::*;
 
-    const FILE: &str = r#"
-[[campaign]]
-id = 1
-url = "https://a.example/"
-bid = 1.0
-[[campaign.creative]]
-id = 1
-kind = "text"
-text = "a"
-
-[[campaign]]
-id = 2
-url = "https://a.example/"
-bid = 1.0
-active = false
-[[campaign.creative]]
-id = 2
-kind = "text"
-text = "a"
-
-[[campaign]]
-id = 3
-url = "https://a.example/"
-bid = 1.0
-
-[[campaign]]
-id = 4
-url = "https://a.example/"
-bid = 1.0
-start = 2030-01-01
-[[campaign.creative]]
-id = 4
-kind = "text"
-text = "a"
-
-[[campaign]]
-id = 5
-url = "https://a.example/"
-bid = 1.0
-end = 2020-01-01
-[[campaign.creative]]
-id = 5
-kind = "text"
-text = "a"
-"#;
-
     #[test]
     fn every_status() {
-        let parsed = crate::campaigns::file::parse(FILE).unwrap();
-        let now = 1_800_000_000; // 2027-01-15
-        let c = &parsed.campaigns;
-        let of = |i: usize, daily, spent| {
-            status(&c[i], now, out_of_budget(None, &c[i], now, daily, spent))
-        };
-        assert_eq!(of(0, None, 99.0), Status::Serving);
-        assert_eq!(of(0, Some(5.0), 4.99), Status::Serving);
-        assert_eq!(of(0, Some(5.0), 5.0), Status::OutOfBudget);
-        assert_eq!(of(1, None, 0.0), Status::Paused);
-        assert_eq!(of(2, None, 0.0), Status::NoCreatives);
-        assert_eq!(of(3, None, 0.0), Status::Scheduled);
-        assert_eq!(of(4, None, 0.0), Status::Ended);
-        assert!(budget_spent(Some("budget: daily 5.00 of 5.00 spent")));
-        assert!(budget_spent(Some("budget: total 9.00 of 9.00 spent")));
-        assert!(!budget_spent(Some("pacing: held back")));
-        assert!(!budget_spent(None));
+        use Status::*;
+        let cases = [
+            (true, true, None, false, Serving),
+            (
+                true,
+                true,
+                Some("pacing: held back (takes part in 40 % of auctions)"),
+                false,
+                Serving,
+            ),
+            (
+                false,
+                true,
+                Some("budget: daily 5.00 of 5.00 spent"),
+                false,
+                Paused,
+            ),
+            (true, false, None, false, NoCreatives),
+            (
+                true,
+                true,
+                Some("flight: starts 2030-01-01 00:00:00 UTC"),
+                false,
+                Scheduled,
+            ),
+            (
+                true,
+                true,
+                Some("flight: ended 2020-01-01 23:59:59 UTC"),
+                false,
+                Ended,
+            ),
+            (
+                true,
+                true,
+                Some("budget: daily 5.00 of 5.00 spent"),
+                false,
+                OutOfBudget,
+            ),
+            (
+                true,
+                true,
+                Some("budget: total 9.00 of 9.00 spent"),
+                false,
+                OutOfBudget,
+            ),
+            (true, true, None, true, OutOfBudget),
+        ];
+        for (active, creatives, reason, stats_spent, want) in cases {
+            assert_eq!(
+                status(active, creatives, reason, stats_spent),
+                want,
+                "{reason:?}"
+            );
+        }
     }
 
     #[test]
