@@ -1,5 +1,5 @@
 //! The admin listener: an authenticated REST API (`/api/v1`, [`api`]) over the campaigns file,
-//! and the web console ([`console`]) on the same listener.
+//! and the web console (`console`) on the same listener.
 //!
 //! The parts, each reusable by the console:
 //! - [`tokens`]: the tokens file and `rotator token`; [`auth::Gate`]: bearer check and the
