@@ -121,7 +121,16 @@ fn doc_of(v: &Form, id: u32) -> Result<(CampaignDoc, Vec<usize>), Vec<Problem>> 
     let bid = number("bid");
     let daily = number("budget.daily");
     let total = number("budget.total");
-    let cap = number("frequency_cap.impressions");
+    let cap = match get("frequency_cap.impressions") {
+        "" => None,
+        t => t.parse::<i64>().ok().or_else(|| {
+            problems.push(problem(
+                "frequency_cap.impressions",
+                &format!("{t:?} is not a whole number"),
+            ));
+            None
+        }),
+    };
     let budget = BudgetDoc {
         daily,
         total,
@@ -131,7 +140,7 @@ fn doc_of(v: &Form, id: u32) -> Result<(CampaignDoc, Vec<usize>), Vec<Problem>> 
     let frequency_cap = match (cap, opt("frequency_cap.per")) {
         (None, None) => None,
         (impressions, per) => Some(FrequencyCapDoc {
-            impressions: impressions.map_or(0, |n| n as i64),
+            impressions: impressions.unwrap_or(0),
             per: per.unwrap_or_default(),
         }),
     };
@@ -434,8 +443,10 @@ mod tests {
             (1, 0, vec![1])
         );
         values.insert("bid".into(), "lots".into());
+        values.insert("frequency_cap.impressions".into(), "3.5".into());
         let problems = doc_of(&values, 7).unwrap_err();
-        assert_eq!(problems[0].field, "bid");
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["bid", "frequency_cap.impressions"]);
 
         let mapped = to_form_fields(
             vec![
