@@ -375,7 +375,11 @@ fn serve(path: Option<&Path>) -> Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {} (admin)", config.admin.listen))?;
             tracing::info!("admin listening on {}", listener.local_addr()?);
-            let admin = Admin::new(config, core.catalogue.clone(), metrics.clone(), false)?;
+            let mut admin = Admin::new(config, core.catalogue.clone(), metrics.clone(), false)?;
+            if config.tracking.public_url.is_empty() {
+                admin.ads_url = format!("http://{}", ad_listener.local_addr()?);
+            }
+            admin.delivery = Some(delivery.clone());
             tasks.push(tokio::spawn(server::serve(
                 listener,
                 Arc::new(AdminListener(Arc::new(admin))),

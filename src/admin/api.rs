@@ -301,7 +301,10 @@ fn body_field(message: &str) -> String {
         .map_or_else(String::new, |(field, _)| field.to_string())
 }
 
-async fn read_body(body: Incoming, headers: &HeaderMap) -> Result<Bytes, Response<Body>> {
+pub(super) async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+) -> Result<Bytes, Response<Body>> {
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,

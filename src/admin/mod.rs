@@ -1,5 +1,5 @@
 //! The admin listener: an authenticated REST API (`/api/v1`, [`api`]) over the campaigns file,
-//! and (later) the web console on the same listener.
+//! and the web console (`console`) on the same listener.
 //!
 //! The parts, each reusable by the console:
 //! - [`tokens`]: the tokens file and `rotator token`; [`auth::Gate`]: bearer check and the
@@ -14,6 +14,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+mod console;
 pub mod edit;
 mod entries;
 pub mod files;
@@ -61,6 +62,12 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// The delivery state backend's name (`local`, `redis`), when the server has one.
     pub state_backend: Option<&'static str>,
+    /// Where browsers reach the ad listener (the console's tags): `[tracking] public_url`, else
+    /// `http://` and `[server] listen` (main.rs puts the bound address there).
+    pub ads_url: String,
+    /// The delivery engine (budgets, pacing), when the server runs one: the console's "out of
+    /// budget" status asks it (main.rs sets it).
+    pub delivery: Option<Arc<crate::delivery::Delivery>>,
 }
 
 impl Admin {
@@ -92,6 +99,12 @@ impl Admin {
             sink: Sink::open(&config.stats)?,
             metrics,
             state_backend: None,
+            ads_url: if config.tracking.public_url.is_empty() {
+                format!("http://{}", config.server.listen)
+            } else {
+                config.tracking.public_url.clone()
+            },
+            delivery: None,
         })
     }
 
@@ -122,14 +135,18 @@ impl Admin {
     }
 }
 
-/// The listener's handler: `/api/v1/...` to the API; everything else is not found (yet).
+/// The listener's handler: `/api/v1/...` to the API; everything else to the web console.
 pub struct AdminListener(pub Arc<Admin>);
 
 impl Handler for AdminListener {
     fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Reply {
         let admin = self.0.clone();
         Reply::Later(Box::pin(async move {
-            let mut response = api::answer(&admin, req, peer).await;
+            let mut response = if console::owns(req.uri().path()) {
+                console::answer(&admin, req, peer).await
+            } else {
+                api::answer(&admin, req, peer).await
+            };
             secure_headers(&mut response);
             response
         }))
@@ -137,20 +154,23 @@ impl Handler for AdminListener {
 }
 
 /// Headers every admin response carries: nothing cached, nothing sniffed, never framed, no
-/// referrer leaked. (The console sets its own `Content-Security-Policy` for its pages.)
+/// referrer leaked. (The console sets its own `Content-Security-Policy` and `Referrer-Policy:
+/// same-origin` for its pages, and the creative preview its own `X-Frame-Options: SAMEORIGIN`.)
 pub fn secure_headers(response: &mut Response<Body>) {
     let headers = response.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     for (name, value) in [
-        ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
         ("referrer-policy", "no-referrer"),
     ] {
-        headers.insert(
-            HeaderName::from_static(name),
-            HeaderValue::from_static(value),
-        );
+        headers
+            .entry(HeaderName::from_static(name))
+            .or_insert(HeaderValue::from_static(value));
     }
+    headers.insert(
+        HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    );
     headers
         .entry(HeaderName::from_static("content-security-policy"))
         .or_insert(HeaderValue::from_static(

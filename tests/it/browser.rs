@@ -571,3 +571,10 @@ fn tag_script_is_served_cacheable_with_a_validator() {
     assert_eq!(post.status, 405);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+impl Driver {
+    /// Where WebDriver sessions are asked for (`console.rs` makes its own).
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+}

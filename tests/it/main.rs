@@ -4,6 +4,7 @@ mod admin;
 mod allocations;
 mod browser;
 mod cli;
+mod console;
 mod decisions;
 mod delivery;
 mod edge;
