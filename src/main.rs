@@ -257,17 +257,16 @@ fn serve(path: Option<&Path>) -> Result<()> {
         metrics: metrics.connections(listener),
         tls: None,
     };
-    let tls = if config.server.tls_cert.as_os_str().is_empty() {
-        None
-    } else {
-        let tls = Tls::load(
-            &config.server.tls_cert,
-            &config.server.tls_key,
-            metrics.tls("ads"),
-        )
-        .context("[server] tls_cert and tls_key")?;
-        Some(Arc::new(tls))
+    let load_tls = |cert: &std::path::Path, key: &std::path::Path, listener: &str| {
+        if cert.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        let tls = Tls::load(cert, key, metrics.tls(listener))
+            .with_context(|| format!("[{listener}] tls_cert and tls_key"))?;
+        anyhow::Ok(Some(Arc::new(tls)))
     };
+    let tls = load_tls(&config.server.tls_cert, &config.server.tls_key, "ads")?;
+    let admin_tls = load_tls(&config.admin.tls_cert, &config.admin.tls_key, "admin")?;
     let stats = Stats::start(&config.stats, workers * 2, metrics.clone(), stats_rx, grace)?;
     let decider = decider(&core, metrics.clone(), Some(stats.aggregator.clone()))?;
     let (tracker, seen_writer) = Tracker::start(
@@ -340,7 +339,7 @@ fn serve(path: Option<&Path>) -> Result<()> {
             metrics.clone(),
             listeners_rx.clone(),
         ));
-        if let Some(tls) = &tls {
+        for tls in tls.iter().chain(&admin_tls) {
             tokio::spawn(
                 tls.clone()
                     .watch(config.server.tls_watch_interval, listeners_rx.clone()),
@@ -374,17 +373,31 @@ fn serve(path: Option<&Path>) -> Result<()> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {} (admin)", config.admin.listen))?;
-            tracing::info!("admin listening on {}", listener.local_addr()?);
-            let mut admin = Admin::new(config, core.catalogue.clone(), metrics.clone(), false)?;
+            let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
+            tracing::info!(
+                "admin listening on {} ({admin_scheme})",
+                listener.local_addr()?
+            );
+            // Over TLS the session cookie is `Secure`.
+            let mut admin = Admin::new(
+                config,
+                core.catalogue.clone(),
+                metrics.clone(),
+                admin_tls.is_some(),
+            )?;
             if config.tracking.public_url.is_empty() {
-                admin.ads_url = format!("http://{}", ad_listener.local_addr()?);
+                admin.ads_url = format!("{scheme}://{}", ad_listener.local_addr()?);
             }
             admin.delivery = Some(delivery.clone());
+            admin.state_backend = Some(delivery.state().backend());
             tasks.push(tokio::spawn(server::serve(
                 listener,
                 Arc::new(AdminListener(Arc::new(admin))),
                 listeners_rx.clone(),
-                options("admin", admin::MAX_CONNECTIONS),
+                ServeOptions {
+                    tls: admin_tls.clone(),
+                    ..options("admin", admin::MAX_CONNECTIONS)
+                },
             )));
         }
 
@@ -463,13 +476,24 @@ fn check(path: Option<&Path>) -> Result<()> {
         or_off(&c.metrics.listen),
         or_off(&c.admin.listen)
     )?;
-    if !c.server.tls_cert.as_os_str().is_empty() {
-        let pair = tls::load_pair(&c.server.tls_cert, &c.server.tls_key)
-            .context("[server] tls_cert and tls_key")?;
+    for (section, label, cert, key) in [
+        (
+            "server",
+            "tls:      ",
+            &c.server.tls_cert,
+            &c.server.tls_key,
+        ),
+        ("admin", "admin tls:", &c.admin.tls_cert, &c.admin.tls_key),
+    ] {
+        if cert.as_os_str().is_empty() {
+            continue;
+        }
+        let pair = tls::load_pair(cert, key)
+            .with_context(|| format!("[{section}] tls_cert and tls_key"))?;
         writeln!(
             out,
-            "tls:       {} (expires {})",
-            c.server.tls_cert.display(),
+            "{label} {} (expires {})",
+            cert.display(),
             humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(pair.not_after))
         )?;
     }

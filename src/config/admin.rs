@@ -16,6 +16,11 @@ pub struct AdminConfig {
     pub tokens_file: PathBuf,
     /// Every write through the API, one JSON object per line (appended, mode 0600).
     pub audit_log: PathBuf,
+    /// PEM certificate chain: the listener speaks HTTPS (HTTP/2 and HTTP/1.1) with it; empty =
+    /// plain HTTP. Reloaded like `[server] tls_cert` (watched, and on SIGHUP).
+    pub tls_cert: PathBuf,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: PathBuf,
 }
 
 impl Default for AdminConfig {
@@ -24,6 +29,8 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:8081".into(),
             tokens_file: "data/admin-tokens.toml".into(),
             audit_log: "data/audit.log".into(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
         }
     }
 }

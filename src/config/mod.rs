@@ -215,7 +215,12 @@ impl Config {
             }
         }
         // Empty means "no TLS", not the config's folder.
-        for p in [&mut self.server.tls_cert, &mut self.server.tls_key] {
+        for p in [
+            &mut self.server.tls_cert,
+            &mut self.server.tls_key,
+            &mut self.admin.tls_cert,
+            &mut self.admin.tls_key,
+        ] {
             if !p.as_os_str().is_empty() && p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -277,14 +282,18 @@ impl Config {
         }
         self.listeners_apart()?;
         self.admin_listen()?;
-        if self.server.tls_cert.as_os_str().is_empty() != self.server.tls_key.as_os_str().is_empty()
-        {
-            let (key, other) = if self.server.tls_key.as_os_str().is_empty() {
-                ("tls_key", "tls_cert")
-            } else {
-                ("tls_cert", "tls_key")
-            };
-            return Err(self.invalid("server", key, format!("must be set with {other}")));
+        for (section, cert, key) in [
+            ("server", &self.server.tls_cert, &self.server.tls_key),
+            ("admin", &self.admin.tls_cert, &self.admin.tls_key),
+        ] {
+            if cert.as_os_str().is_empty() != key.as_os_str().is_empty() {
+                let (missing, other) = if key.as_os_str().is_empty() {
+                    ("tls_key", "tls_cert")
+                } else {
+                    ("tls_cert", "tls_key")
+                };
+                return Err(self.invalid(section, missing, format!("must be set with {other}")));
+            }
         }
         for (section, key, value, range) in [
             (

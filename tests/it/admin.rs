@@ -197,6 +197,7 @@ fn issue12_management_api() {
     let status = body(&status);
     assert_eq!(status["campaigns"]["loaded"], 2, "{status}");
     assert_eq!(status["stats"]["sink"], "sqlite");
+    assert_eq!(status["state_backend"], "local", "{status}");
     let one = viewer.get("/campaigns/1");
     assert_eq!(one.status, 200, "{one:?}");
     let tag1 = one.header("etag").unwrap().to_string();

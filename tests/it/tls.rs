@@ -158,7 +158,8 @@ fn start(dir: &Path, openssl: &Path) -> Server {
         dir,
         &config(
             "tls_cert = \"tls.crt\"\ntls_key = \"tls.key\"\ntls_watch_interval = \"100ms\"",
-            "[stats]\nsink = \"none\"\n",
+            "[stats]\nsink = \"none\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"tls.crt\"\ntls_key = \"tls.key\"\n",
         ),
         CAMPAIGNS,
     )
@@ -216,7 +217,20 @@ fn https_serves_every_surface_over_h2_and_h1() {
             .output()
             .unwrap()
     });
+    let admin = format!("https://127.0.0.1:{}", server.admin.unwrap().port());
     for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        // The management listener over TLS too: the API document and the console's sign-in.
+        for path in ["/api/v1/openapi.json", "/sign-in"] {
+            let answer = curl(&[
+                flag,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code}",
+                &format!("{admin}{path}"),
+            ]);
+            assert_eq!(answer, format!("{version} 200"), "{flag} {path}");
+        }
         let ad = curl(&[
             flag,
             "-A",
