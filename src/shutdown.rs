@@ -79,6 +79,50 @@ pub fn signals() -> std::io::Result<impl Future<Output = &'static str>> {
     })
 }
 
+/// A thread that writes a journal until told to stop; stopping it (or dropping it) lets it
+/// write what is left and waits for it. Shared by tracking's counted-once journal and the local
+/// state's caps journal.
+pub struct WriterThread {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriterThread {
+    /// The handle of `thread`, which ends when `stop` is dropped (its receiver disconnects).
+    pub fn new(stop: std::sync::mpsc::Sender<()>, thread: std::thread::JoinHandle<()>) -> Self {
+        WriterThread {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// A handle with no thread (nothing to write).
+    pub fn none() -> Self {
+        WriterThread {
+            stop: None,
+            thread: None,
+        }
+    }
+
+    /// Writes what is left and stops the thread.
+    pub fn stop(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

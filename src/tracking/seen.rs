@@ -27,7 +27,6 @@ use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::TrackingError;
@@ -83,10 +82,7 @@ pub struct Seen {
 }
 
 /// The journal writer thread; stopping it (or dropping it) writes what is left.
-pub struct SeenWriter {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
+pub type SeenWriter = crate::shutdown::WriterThread;
 
 fn record(entry: Entry, expires: u32) -> [u8; RECORD] {
     let mut r = [0; RECORD];
@@ -151,13 +147,7 @@ impl Seen {
                 move || seen.write_loop(file, &path, &stopped)
             })
             .map_err(io)?;
-        Ok((
-            seen,
-            SeenWriter {
-                stop: Some(stop),
-                thread: Some(thread),
-            },
-        ))
+        Ok((seen, SeenWriter::new(stop, thread)))
     }
 
     fn shard(&self, id: &[u8; 12]) -> &Mutex<ShardState> {
@@ -399,26 +389,6 @@ fn append(file: &mut File, records: &[[u8; RECORD]]) -> std::io::Result<()> {
     }
     file.write_all(&buf)?;
     file.sync_data()
-}
-
-impl SeenWriter {
-    /// Writes what is left and stops the thread.
-    pub fn stop(mut self) {
-        self.finish();
-    }
-
-    fn finish(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for SeenWriter {
-    fn drop(&mut self) {
-        self.finish();
-    }
 }
 
 #[cfg(test)]

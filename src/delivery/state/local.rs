@@ -34,7 +34,6 @@ use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 
 use super::{CapAsk, CapReply, LeaseAsk, StateError};
 use crate::campaigns::budget::Micros;
@@ -69,10 +68,7 @@ pub struct LocalState {
 
 /// The caps journal writer thread; stopping it (or dropping it) writes what is left. Does
 /// nothing for the Redis backend.
-pub struct StateWriter {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
+pub type StateWriter = crate::shutdown::WriterThread;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -127,10 +123,7 @@ impl LocalState {
                 budgets: Mutex::new(budgets),
                 caps,
             },
-            StateWriter {
-                stop: Some(stop),
-                thread: Some(thread),
-            },
+            StateWriter::new(stop, thread),
         ))
     }
 
@@ -208,32 +201,4 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(got)
-}
-
-impl StateWriter {
-    /// A writer with nothing to write (the Redis backend).
-    pub fn none() -> StateWriter {
-        StateWriter {
-            stop: None,
-            thread: None,
-        }
-    }
-
-    /// Writes what is left and stops the thread.
-    pub fn stop(mut self) {
-        self.finish();
-    }
-
-    fn finish(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for StateWriter {
-    fn drop(&mut self) {
-        self.finish();
-    }
 }
