@@ -207,7 +207,7 @@ impl Decider {
             Some(d) => {
                 let gate = d.gate();
                 View {
-                    catalogue: gate.catalogue.clone(),
+                    catalogue: Arc::clone(&gate.catalogue),
                     gate: gate.limited().then_some(gate),
                 }
             }

@@ -6,6 +6,7 @@
 //! coin, then this node's lease (the cost is charged now; a refusal later refunds it), then the
 //! cache of visitors known to be at their cap.
 
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -172,7 +173,8 @@ pub struct Candidate {
 /// The delivery view of one catalogue.
 pub struct Gate {
     /// The catalogue this gate was built for.
-    pub catalogue: Arc<Catalogue>,
+    /// (Released through `file_watch::retire_soon` when the gate goes: see `Drop`.)
+    pub catalogue: ManuallyDrop<Arc<Catalogue>>,
     /// By position: the runtime of a campaign with limits.
     runtimes: Vec<Option<Arc<Runtime>>>,
     /// Positions blocked for everyone (flight, spent budget).
@@ -238,7 +240,7 @@ impl Gate {
             runtimes,
             limited,
             capped,
-            catalogue,
+            catalogue: ManuallyDrop::new(catalogue),
         };
         gate.refresh_blocked();
         gate
@@ -412,5 +414,16 @@ impl Gate {
                 r.refund(c.charged);
             }
         }
+    }
+}
+
+/// A gate may hold the last reference to a replaced catalogue (a request or the ticker still
+/// held the gate when the reloader retired the catalogue): it is then retired here the same
+/// way, dropped off the request path and its memory given back to the system.
+impl Drop for Gate {
+    fn drop(&mut self) {
+        // SAFETY: `catalogue` is taken once, here, and the gate is never used again.
+        let catalogue = unsafe { ManuallyDrop::take(&mut self.catalogue) };
+        crate::file_watch::retire_soon(catalogue);
     }
 }

@@ -186,9 +186,8 @@ impl Delivery {
         }));
         *runtimes = kept;
         self.metrics.forget_budgets();
-        // The old gate may hold the last reference to a replaced catalogue: retired like the
-        // reloader retires catalogues, so its memory goes back to the system.
-        crate::file_watch::retire_soon(self.gate.swap(fresh.clone()));
+        // The old gate retires its catalogue when it goes (see `Gate`'s `Drop`).
+        self.gate.store(fresh.clone());
         fresh
     }
 
