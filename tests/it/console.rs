@@ -493,6 +493,34 @@ async fn click(c: &Client, css: &str) {
         .unwrap();
 }
 
+/// Clicks a button that submits a form and waits (up to 5 s) until the browser shows the
+/// answer: a new document, fully loaded. (A click returns as soon as the form is sent, and an
+/// answer at the same address as the form, a refusal or a conflict, cannot be told by its URL.)
+async fn submit(c: &Client, css: &str) {
+    c.execute("window.rotatorOldPage = true", vec![])
+        .await
+        .unwrap();
+    click(c, css).await;
+    let t0 = Instant::now();
+    loop {
+        let loaded = c
+            .execute(
+                "return window.rotatorOldPage === undefined && document.readyState === 'complete'",
+                vec![],
+            )
+            .await
+            .unwrap();
+        if loaded == true {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no answer to {css} within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits (up to 5 s) until the browser is at `path` (a form's answer may still be loading).
 async fn at(c: &Client, path: &str) {
     let t0 = Instant::now();
@@ -572,7 +600,7 @@ async fn scenario(
     c.goto(&format!("{base}/campaigns")).await.unwrap();
     at(&c, "/sign-in").await;
     fill(&c, "token", &admin_token).await;
-    click(&c, "main button[type=submit]").await;
+    submit(&c, "main button[type=submit]").await;
     at(&c, "/campaigns").await;
 
     // Create: first with a bid the loader refuses (its message next to the field), then right.
@@ -588,7 +616,7 @@ async fn scenario(
         .await
         .unwrap();
     fill(&c, "f-cr0-text", "Made in the console").await;
-    click(&c, "#save").await;
+    submit(&c, "#save").await;
     let err = c
         .find(Locator::Id("f-bid-err"))
         .await
@@ -608,7 +636,7 @@ async fn scenario(
         Some("true")
     );
     fill(&c, "f-bid", "50").await;
-    click(&c, "#save").await;
+    submit(&c, "#save").await;
     let t0 = Instant::now();
     let url = loop {
         let url = c.current_url().await.unwrap();
@@ -643,7 +671,7 @@ async fn scenario(
     c.enter_parent_frame().await.unwrap();
 
     // Pause: it stops within 2 s.
-    click(&c, "#pause-resume").await;
+    submit(&c, "#pause-resume").await;
     at(&c, "/campaigns").await;
     assert!(text(&c).await.contains("paused"), "{}", text(&c).await);
     let took = until(s, |l| l != CONSOLE_URL, "the paused campaign stopped").await;
@@ -675,7 +703,7 @@ async fn scenario(
     let r = api("PUT", &doc.to_string(), current.header("etag"));
     assert_eq!(r.status, 200, "{r:?}");
     fill(&c, "f-name", "My stale edit").await;
-    click(&c, "#save").await;
+    submit(&c, "#save").await;
     let conflict = c
         .find(Locator::Id("conflict"))
         .await
@@ -750,18 +778,18 @@ async fn scenario(
     assert_eq!(focused.as_str(), Some("skip"));
 
     // Sign out; then a viewer: no write controls.
-    click(&c, ".who button").await;
+    submit(&c, ".who button").await;
     at(&c, "/sign-in").await;
     c.goto(&format!("{base}/campaigns")).await.unwrap();
     at(&c, "/sign-in").await;
     fill(&c, "token", &viewer_token).await;
-    click(&c, "main button[type=submit]").await;
+    submit(&c, "main button[type=submit]").await;
     at(&c, "/campaigns").await;
     assert!(c.find(Locator::LinkText("New campaign")).await.is_err());
     c.goto(&edit_url).await.unwrap();
     assert!(c.find(Locator::Id("save")).await.is_err());
     assert!(c.find(Locator::Id("pause-resume")).await.is_err());
-    click(&c, ".who button").await;
+    submit(&c, ".who button").await;
     at(&c, "/sign-in").await;
 }
 
