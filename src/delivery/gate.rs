@@ -19,7 +19,7 @@ use crate::visitor::Visitor;
 
 /// Most capped candidates asked about in one reservation (then the auction settles for the
 /// best uncapped one found, or none).
-pub const MAX_CAPPED: usize = 4;
+pub const MAX_CAPPED: usize = super::state::MAX_ASKS;
 
 /// Why a campaign is blocked for everyone (the ticker's verdict).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

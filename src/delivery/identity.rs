@@ -17,16 +17,15 @@ use hyper::HeaderMap;
 use hyper::header::{COOKIE, HeaderValue};
 use sha2::Sha256;
 use siphasher::sip::SipHasher24;
+use smallvec::{SmallVec, smallvec};
 
 use crate::config::{IdentityConfig, IdentityFallback};
+use crate::delivery::state::MAX_KEYS;
 use crate::tracking::Signer;
-
-/// A cookie lives a year.
-const COOKIE_MAX_AGE_SECS: u32 = 365 * 86_400;
 
 /// The identity hashes a visitor's views are counted under (a view must fit under each).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Keys(pub Vec<u64>);
+pub struct Keys(pub SmallVec<[u64; MAX_KEYS]>);
 
 impl Keys {
     /// No identity at all: the fallback said so.
@@ -126,7 +125,7 @@ impl Identifier {
     pub fn identify(&self, who: &Who<'_>, now: i64) -> Identity {
         if let Some(key) = who.user_key {
             return Identity {
-                keys: Keys(vec![hash(&self.key, b"u", key.as_bytes())]),
+                keys: Keys(smallvec![hash(&self.key, b"u", key.as_bytes())]),
                 set_cookie: None,
             };
         }
@@ -137,22 +136,18 @@ impl Identifier {
         let cookie_on = !self.config.cookie.is_empty() && !gpc && who.headers.is_some();
         if cookie_on && let Some(id) = who.headers.and_then(|h| self.cookie(h)) {
             return Identity {
-                keys: Keys(vec![hash(&self.key, b"c", id.as_bytes())]),
+                keys: Keys(smallvec![hash(&self.key, b"c", id.as_bytes())]),
                 set_cookie: None,
             };
         }
-        let mut keys = Vec::with_capacity(2);
+        let mut keys = SmallVec::new();
         let mut set_cookie = None;
         if cookie_on {
             // A first visit: the new id counts this view, so a browser keeping cookies never
             // sees more than the cap; the fallback below catches browsers that refuse them.
             let id = new_cookie_id();
-            keys.push(hash(&self.key, b"c", id.as_bytes()));
-            set_cookie = HeaderValue::from_str(&format!(
-                "{}={id}; Max-Age={COOKIE_MAX_AGE_SECS}; Path=/; HttpOnly; Secure; SameSite=None",
-                self.config.cookie
-            ))
-            .ok();
+            keys.push(hash(&self.key, b"c", &id));
+            set_cookie = self.set_cookie(&id);
         }
         match self.config.fallback {
             IdentityFallback::DailyHash => {
@@ -169,6 +164,18 @@ impl Identifier {
             keys: Keys(keys),
             set_cookie,
         }
+    }
+
+    /// `Set-Cookie` for a new `id` (built by hand: this runs for every first visit).
+    fn set_cookie(&self, id: &[u8; COOKIE_ID_LEN]) -> Option<HeaderValue> {
+        const ATTRIBUTES: &[u8] = b"; Max-Age=31536000; Path=/; HttpOnly; Secure; SameSite=None";
+        let name = self.config.cookie.as_bytes();
+        let mut value = Vec::with_capacity(name.len() + 1 + id.len() + ATTRIBUTES.len());
+        value.extend_from_slice(name);
+        value.push(b'=');
+        value.extend_from_slice(id);
+        value.extend_from_slice(ATTRIBUTES);
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()
     }
 
     /// The configured fallback.
@@ -232,13 +239,18 @@ fn is_base64url(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
 
-fn new_cookie_id() -> String {
+/// A new cookie id: 16 random bytes (128 bits) in URL-safe base64.
+fn new_cookie_id() -> [u8; COOKIE_ID_LEN] {
     use base64::Engine;
-    let id = crate::tracking::new_id();
     let mut bytes = [0u8; 16];
-    bytes[..12].copy_from_slice(&id);
+    bytes[..12].copy_from_slice(&crate::tracking::new_id());
     bytes[12..].copy_from_slice(&crate::tracking::new_id()[..4]);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    let mut id = [0u8; COOKIE_ID_LEN];
+    let written = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode_slice(bytes, &mut id)
+        .unwrap_or(0);
+    debug_assert_eq!(written, COOKIE_ID_LEN);
+    id
 }
 
 #[cfg(test)]
@@ -295,7 +307,7 @@ mod tests {
             },
             day + 10,
         );
-        assert_eq!(again.keys.0, vec![first.keys.0[0]], "the cookie's key");
+        assert_eq!(again.keys.0[..], [first.keys.0[0]], "the cookie's key");
         assert!(again.set_cookie.is_none());
         // Sec-GPC: no cookie set or read; the daily hash, the same all day, another the next day.
         let gpc = headers(&[("sec-gpc", "1"), ("cookie", &format!("rid={value}"))]);
@@ -307,7 +319,7 @@ mod tests {
         };
         let a = id.identify(&seen, day);
         assert!(a.set_cookie.is_none());
-        assert_eq!(a.keys.0, vec![first.keys.0[1]]);
+        assert_eq!(a.keys.0[..], [first.keys.0[1]]);
         assert_eq!(id.identify(&seen, day + 86_399).keys, a.keys);
         assert_ne!(id.identify(&seen, day + 86_400).keys, a.keys);
         // A user key wins over everything and is stable.

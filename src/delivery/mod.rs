@@ -40,7 +40,8 @@ use curve::TrafficCurve;
 use gate::{Candidate, Gate, NoIdentity, Runtime};
 use identity::{Identifier, Keys};
 use ledger::{Ledger, Reservation};
-use state::{CapAsk, CapReply, State, StateError};
+use smallvec::SmallVec;
+use state::{CapAsk, CapReply, MAX_ASKS, State, StateError};
 pub use ticker::day_bounds;
 
 /// How often [`Delivery::tick`] runs.
@@ -218,7 +219,7 @@ impl Delivery {
         decision: [u8; 12],
         now: i64,
     ) -> Settle {
-        let capped: Vec<CapAsk> = candidates
+        let capped: SmallVec<[CapAsk; MAX_ASKS]> = candidates
             .iter()
             .take_while(|c| c.capped)
             .filter_map(|c| {
@@ -236,20 +237,15 @@ impl Delivery {
             gate.refund(candidates.into_iter().rev().skip(1));
             return Settle::Done(winner);
         }
-        let state = self.state.clone();
-        let owned_keys = keys.clone();
-        let mut reserve = Box::pin(async move {
-            let reply = state.reserve(&owned_keys.0, &capped, decision, now).await;
-            (reply, capped, owned_keys)
-        });
-        if let Poll::Ready((reply, asks, keys)) = poll_once(reserve.as_mut()) {
-            return Settle::Done(self.settled(gate, candidates, &asks, reply, &keys));
+        if let Some(reply) = self.state.reserve_now(&keys.0, &capped, decision, now) {
+            return Settle::Done(self.settled(gate, candidates, &capped, reply, keys));
         }
         let this = self.clone();
         let gate = gate.clone();
+        let keys = keys.clone();
         Settle::Pending(Box::pin(async move {
-            let (reply, asks, keys) = reserve.await;
-            this.settled(&gate, candidates, &asks, reply, &keys)
+            let reply = this.state.reserve(&keys.0, &capped, decision, now).await;
+            this.settled(&gate, candidates, &capped, reply, &keys)
         }))
     }
 

@@ -198,7 +198,7 @@ bid = 1.0
 #[tokio::test]
 async fn issue11_frequency_cap_holds_per_visitor_in_a_sliding_window() {
     let e = engine(CAPPED);
-    let (a, b) = (Keys(vec![11]), Keys(vec![22]));
+    let (a, b) = (Keys(smallvec::smallvec![11]), Keys(smallvec::smallvec![22]));
     e.delivery.tick(DAY).await;
     let wins = |keys: &Keys, now: i64, n: usize| {
         (0..n)
@@ -253,7 +253,7 @@ image_url = "https://cdn.example/a.png"
 #[tokio::test]
 async fn issue11_a_slot_reservation_is_given_back_when_its_impression_never_comes() {
     let e = engine(SLOT);
-    let keys = Keys(vec![33]);
+    let keys = Keys(smallvec::smallvec![33]);
     e.delivery.tick(DAY).await;
     let gate = e.delivery.gate();
     let make = || Identity {

@@ -231,8 +231,8 @@ async fn caps_slide(state: &State) {
     assert_eq!(at(50, 2).await.unwrap().granted, Some(0));
     let full = at(60, 3).await.unwrap();
     assert_eq!(
-        (full.granted, full.full_until),
-        (None, vec![Some(NOW + 100)])
+        (full.granted, &full.full_until[..]),
+        (None, &[Some(NOW + 100)][..])
     );
     assert_eq!(
         at(99, 4).await.unwrap().granted,
@@ -247,8 +247,8 @@ async fn caps_slide(state: &State) {
     );
     let full = at(149, 6).await.unwrap();
     assert_eq!(
-        (full.granted, full.full_until),
-        (None, vec![Some(NOW + 150)])
+        (full.granted, &full.full_until[..]),
+        (None, &[Some(NOW + 150)][..])
     );
     assert_eq!(at(150, 7).await.unwrap().granted, Some(0));
     assert_eq!(state.views(&[key], campaign, NOW + 150).await.unwrap(), 2);
@@ -288,7 +288,7 @@ async fn caps_under_two_keys_and_in_order(state: &State) {
         .await
         .unwrap();
     assert_eq!(r.granted, Some(1));
-    assert_eq!(r.full_until, [Some(NOW + 600), None, None]);
+    assert_eq!(r.full_until[..], [Some(NOW + 600), None, None]);
     // Released (the impression never came): room again, under both keys.
     state.release(&[k1, k2], c1, decision(9)).await.unwrap();
     assert_eq!(
@@ -554,7 +554,7 @@ fn issue11_redis_outage_fails_fast_and_recovers() {
             .await
             .unwrap();
         assert_eq!(
-            r.full_until,
+            r.full_until[..],
             [Some(NOW + 600)],
             "the view before the outage is kept"
         );

@@ -24,6 +24,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use smallvec::SmallVec;
+
 use crate::campaigns::budget::Micros;
 use crate::config::{StateBackend, StateConfig};
 use crate::metrics::Metrics;
@@ -38,6 +40,10 @@ pub use redis::RedisState;
 /// Visitor keys a cap reservation may name: the visitor's key and, during an identity
 /// change, a second one.
 pub const MAX_KEYS: usize = 2;
+
+/// Most asks in one reservation ([`gate::MAX_CAPPED`](super::gate::MAX_CAPPED)); more are
+/// served, on the heap.
+pub const MAX_ASKS: usize = 4;
 
 /// One campaign's request for budget, in [`State::lease`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +78,7 @@ pub struct CapReply {
     pub granted: Option<usize>,
     /// For each ask: when it was found full, the Unix second at which it has room again; `None`
     /// for asks with room and asks not looked at (after the granted one).
-    pub full_until: Vec<Option<i64>>,
+    pub full_until: SmallVec<[Option<i64>; MAX_ASKS]>,
 }
 
 /// Why a state call failed. The caller fails closed: no lease, no view (or `on_outage`).
@@ -235,6 +241,26 @@ impl State {
             }
         })
         .await
+    }
+
+    /// [`reserve`](Self::reserve) when the backend answers without waiting (local), observed
+    /// the same way; `None` for a backend that needs a round trip (Redis). The request path
+    /// calls this first, so a local decision builds no future.
+    pub fn reserve_now(
+        &self,
+        keys: &[u64],
+        asks: &[CapAsk],
+        decision: [u8; 12],
+        now: i64,
+    ) -> Option<Result<CapReply, StateError>> {
+        let State::Local(l) = self else {
+            return None;
+        };
+        let started = Instant::now();
+        let result = check_keys(keys).and_then(|()| l.reserve(keys, asks, decision, now));
+        self.metrics()
+            .observe_state(self.backend(), "reserve", started.elapsed(), result.is_ok());
+        Some(result)
     }
 
     /// Removes the view recorded by `decision` (its impression never came).

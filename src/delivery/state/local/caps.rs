@@ -13,6 +13,8 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use smallvec::SmallVec;
+
 use super::{COMPACT_FACTOR, COMPACT_MIN_BYTES, Map, io_error, lock, read_full, rewrite};
 use crate::delivery::state::{CapAsk, CapReply, StateError};
 
@@ -36,9 +38,13 @@ struct View {
     decision: [u8; 12],
 }
 
+/// The views of one visitor and campaign.
+type Views = SmallVec<[View; 2]>;
+
 struct CapShardState {
-    /// (visitor key, campaign) → views, in reservation order.
-    views: Map<(u64, u32), Vec<View>>,
+    /// (visitor key, campaign) → views, in reservation order (most pairs hold one or two:
+    /// inline, no allocation of their own).
+    views: Map<(u64, u32), Views>,
     /// Records not yet journalled.
     unwritten: Vec<[u8; RECORD]>,
     /// When this shard last dropped its expired views (Unix seconds).
@@ -124,7 +130,7 @@ impl Caps {
         let mut locked = self.lock(keys);
         let mut reply = CapReply {
             granted: None,
-            full_until: vec![None; asks.len()],
+            full_until: smallvec::smallvec![None; asks.len()],
         };
         for (i, ask) in asks.iter().enumerate() {
             let mut frees: Option<Option<i64>> = None;
@@ -133,7 +139,9 @@ impl Caps {
                 let Some(views) = shard.views.get_mut(&(key, ask.campaign)) else {
                     continue;
                 };
-                views.retain(|v| v.until > now);
+                if views.iter().any(|v| v.until <= now) {
+                    views.retain(|v| v.until > now);
+                }
                 let count = views.len();
                 if count >= ask.limit as usize {
                     let mut untils: Vec<i64> = views.iter().map(|v| v.until).collect();
@@ -401,7 +409,7 @@ impl Caps {
                 let live: u64 = self
                     .shards
                     .iter()
-                    .map(|s| lock(&s.0).views.values().map(Vec::len).sum::<usize>() as u64)
+                    .map(|s| lock(&s.0).views.values().map(SmallVec::len).sum::<usize>() as u64)
                     .sum::<u64>()
                     * RECORD as u64;
                 if bytes > COMPACT_FACTOR * live {
