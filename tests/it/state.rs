@@ -96,6 +96,7 @@ async fn contract(state: Arc<State>, metrics: &Metrics) {
     refunds_and_batches(&state).await;
     caps_exact_under_concurrency(&state).await;
     caps_slide(&state).await;
+    caps_window_changed(&state).await;
     caps_under_two_keys_and_in_order(&state).await;
     seen_first_once(&state).await;
     let text = metrics.render();
@@ -252,6 +253,31 @@ async fn caps_slide(state: &State) {
     );
     assert_eq!(at(150, 7).await.unwrap().granted, Some(0));
     assert_eq!(state.views(&[key], campaign, NOW + 150).await.unwrap(), 2);
+}
+
+/// A reload shortens a cap's window: views of both windows count, each until its own end.
+async fn caps_window_changed(state: &State) {
+    let (campaign, key) = fresh();
+    let at = |t: i64, per_secs: u32, n: u64| async move {
+        let cap = [CapAsk {
+            campaign,
+            limit: 2,
+            per_secs,
+        }];
+        state.reserve(&[key], &cap, decision(n), NOW + t).await
+    };
+    assert_eq!(at(0, 600, 1).await.unwrap().granted, Some(0));
+    assert_eq!(at(10, 100, 2).await.unwrap().granted, Some(0));
+    let full = at(20, 100, 3).await.unwrap();
+    assert_eq!(
+        (full.granted, &full.full_until[..]),
+        (None, &[Some(NOW + 110)][..]),
+        "{}: room again when the shorter view ends",
+        state.backend()
+    );
+    assert_eq!(at(110, 100, 4).await.unwrap().granted, Some(0));
+    assert_eq!(state.views(&[key], campaign, NOW + 111).await.unwrap(), 2);
+    assert_eq!(state.views(&[key], campaign, NOW + 599).await.unwrap(), 1);
 }
 
 async fn caps_under_two_keys_and_in_order(state: &State) {

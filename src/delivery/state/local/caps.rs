@@ -38,8 +38,23 @@ struct View {
     decision: [u8; 12],
 }
 
-/// The views of one visitor and campaign.
+/// The views of one visitor and campaign, sorted by `until`: the expired ones are a prefix, and
+/// the view whose expiry makes room under a limit is found by its place.
 type Views = SmallVec<[View; 2]>;
+
+/// Adds `view` in `until` order (at the end, unless a reload shortened the cap's window).
+fn insert_sorted(views: &mut Views, view: View) {
+    let at = views.partition_point(|v| v.until <= view.until);
+    views.insert(at, view);
+}
+
+/// Drops the views expired at `now`.
+fn drop_expired(views: &mut Views, now: i64) {
+    let expired = views.partition_point(|v| v.until <= now);
+    if expired > 0 {
+        views.drain(..expired);
+    }
+}
 
 struct CapShardState {
     /// (visitor key, campaign) → views, in reservation order (most pairs hold one or two:
@@ -109,7 +124,7 @@ impl CapShardState {
     fn purge(&mut self, now: i64) {
         self.purged_at = now;
         self.views.retain(|_, views| {
-            views.retain(|v| v.until > now);
+            drop_expired(views, now);
             !views.is_empty()
         });
     }
@@ -139,16 +154,15 @@ impl Caps {
                 let Some(views) = shard.views.get_mut(&(key, ask.campaign)) else {
                     continue;
                 };
-                if views.iter().any(|v| v.until <= now) {
-                    views.retain(|v| v.until > now);
-                }
+                drop_expired(views, now);
                 let count = views.len();
                 if count >= ask.limit as usize {
-                    let mut untils: Vec<i64> = views.iter().map(|v| v.until).collect();
-                    let at = count
+                    // Room again when the view `limit` places from the newest expires.
+                    let t = count
                         .checked_sub(ask.limit as usize)
-                        .filter(|_| ask.limit > 0);
-                    let t = at.map(|at| *untils.select_nth_unstable(at).1);
+                        .filter(|_| ask.limit > 0)
+                        .and_then(|at| views.get(at))
+                        .map(|v| v.until);
                     frees = Some(frees.flatten().max(t));
                 } else if views.is_empty() {
                     shard.views.remove(&(key, ask.campaign));
@@ -176,11 +190,7 @@ impl Caps {
                     };
                     for &key in keys {
                         let shard = locked.get(key);
-                        shard
-                            .views
-                            .entry((key, ask.campaign))
-                            .or_default()
-                            .push(view);
+                        insert_sorted(shard.views.entry((key, ask.campaign)).or_default(), view);
                         shard
                             .unwritten
                             .push(caps_record(VIEW, key, ask.campaign, view));
@@ -222,7 +232,7 @@ impl Caps {
             .map(|&key| {
                 let shard = lock(&self.shard(key).0);
                 shard.views.get(&(key, campaign)).map_or(0, |views| {
-                    views.iter().filter(|v| v.until > now).count() as u32
+                    (views.len() - views.partition_point(|v| v.until <= now)) as u32
                 })
             })
             .max()
@@ -312,7 +322,7 @@ impl Caps {
                 VIEW if until > now => {
                     let views = shard.views.entry((key, campaign)).or_default();
                     if !views.iter().any(|v| v.decision == decision) {
-                        views.push(View { until, decision });
+                        insert_sorted(views, View { until, decision });
                     }
                 }
                 RELEASE => {
