@@ -44,14 +44,19 @@ type Views = SmallVec<[View; 2]>;
 
 /// Adds `view` in `until` order (at the end, unless a reload shortened the cap's window).
 fn insert_sorted(views: &mut Views, view: View) {
-    let at = views.partition_point(|v| v.until <= view.until);
-    views.insert(at, view);
+    // The usual case first: a binary search of a long list costs a cache miss per probe.
+    if views.last().is_none_or(|last| last.until <= view.until) {
+        views.push(view);
+    } else {
+        let at = views.partition_point(|v| v.until <= view.until);
+        views.insert(at, view);
+    }
 }
 
 /// Drops the views expired at `now`.
 fn drop_expired(views: &mut Views, now: i64) {
-    let expired = views.partition_point(|v| v.until <= now);
-    if expired > 0 {
+    if views.first().is_some_and(|first| first.until <= now) {
+        let expired = views.partition_point(|v| v.until <= now);
         views.drain(..expired);
     }
 }
