@@ -62,8 +62,8 @@ fn drop_expired(views: &mut Views, now: i64) {
 }
 
 struct CapShardState {
-    /// (visitor key, campaign) → views, in reservation order (most pairs hold one or two:
-    /// inline, no allocation of their own).
+    /// (visitor key, campaign) → views, sorted by expiry (most pairs hold one or two: inline,
+    /// no allocation of their own).
     views: Map<(u64, u32), Views>,
     /// Records not yet journalled.
     unwritten: Vec<[u8; RECORD]>,
