@@ -78,6 +78,9 @@ pub struct Delivery {
     gate: ArcSwap<Gate>,
     build: Mutex<()>,
     runtimes: Mutex<HashMap<u32, Arc<Runtime>>>,
+    /// Runtimes of campaigns a reload removed (or stripped of limits): the ticker gives their
+    /// unspent leases back.
+    retired: Mutex<Vec<Arc<Runtime>>>,
     ledger: Ledger,
     /// (campaign, identity fingerprint) → when the visitor is below the cap again.
     at_cap: quick_cache::sync::Cache<(u32, u64), i64>,
@@ -136,6 +139,7 @@ impl Delivery {
             gate: ArcSwap::from_pointee(gate),
             build: Mutex::new(()),
             runtimes: Mutex::new(runtimes),
+            retired: Mutex::new(Vec::new()),
             ledger: Ledger::default(),
             at_cap: quick_cache::sync::Cache::new(CAP_CACHE_ENTRIES),
             curve: ArcSwap::from_pointee(TrafficCurve::flat()),
@@ -185,6 +189,10 @@ impl Delivery {
             kept.insert(c.id, runtime.clone());
             runtime
         }));
+        self.retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(runtimes.drain().map(|(_, runtime)| runtime));
         *runtimes = kept;
         self.metrics.forget_budgets();
         // The old gate retires its catalogue when it goes (see `Gate`'s `Drop`).

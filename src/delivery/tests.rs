@@ -156,6 +156,45 @@ async fn issue11_daily_budget_is_spent_exactly_then_the_next_bid_wins() {
     assert_eq!(decide(&e.delivery, &keys, DAY + 86_400 + 11), 1);
 }
 
+/// A reload that removes a budgeted campaign gives its unspent lease back at the next tick.
+#[tokio::test]
+async fn issue11_a_removed_campaign_gives_its_lease_back() {
+    let e = engine(&BUDGETED.replace("daily = 1.0", "daily = 100.0"));
+    let keys = Keys::default();
+    let now = DAY + 3_600;
+    e.delivery.tick(now).await;
+    for _ in 0..3 {
+        assert_eq!(decide(&e.delivery, &keys, now), 1);
+    }
+    let day = day_bounds(&budget(&e, 1), now).0;
+    let (leased, _) = e.delivery.state().spent(1, day).await.unwrap();
+    assert!(
+        leased > 15_000,
+        "a lease beyond the three impressions: {leased}"
+    );
+    let without = BUDGETED.split("\n[[campaign]]\nid = 2").nth(1).unwrap();
+    let catalogue = Catalogue::new(
+        file::parse(&format!("[[campaign]]\nid = 2{without}")).unwrap(),
+        "test.toml".into(),
+    );
+    e.delivery.catalogue.store(Arc::new(catalogue));
+    assert_eq!(decide(&e.delivery, &keys, now), 2);
+    e.delivery.tick(now + 1).await;
+    let (spent, _) = e.delivery.state().spent(1, day).await.unwrap();
+    assert_eq!(
+        spent, 15_000,
+        "the three impressions shown stay spent, the rest came back"
+    );
+}
+
+fn budget(e: &Engine, id: u32) -> crate::campaigns::budget::Budget {
+    let gate = e.delivery.gate();
+    let campaign = gate.catalogue.campaigns().iter().find(|c| c.id == id);
+    campaign
+        .and_then(|c| c.delivery().budget.clone())
+        .expect("a budgeted campaign")
+}
+
 /// Leases are whole impressions: a remainder could never be spent, and several nodes would
 /// each keep one when a budget runs out.
 #[tokio::test]

@@ -67,14 +67,31 @@ impl Delivery {
     pub async fn give_back(&self) {
         let gate = self.gate();
         for (_, campaign, runtime) in gate.limited_campaigns() {
-            let left = runtime.balance.swap(0, Ordering::AcqRel);
-            let day = runtime.book.lock().unwrap_or_else(|e| e.into_inner()).day;
-            if left > 0 && campaign.delivery().budget.is_some() && day != i32::MIN {
-                let _ = self
-                    .state
-                    .refund(campaign.id, Some(day), left as Micros)
-                    .await;
+            if campaign.delivery().budget.is_some() {
+                self.refund_lease(runtime).await;
             }
+        }
+        self.give_back_retired().await;
+    }
+
+    /// Gives back the leases of campaigns a reload removed or stripped of their budget.
+    async fn give_back_retired(&self) {
+        let retired = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|e| e.into_inner()));
+        for runtime in retired {
+            self.refund_lease(&runtime).await;
+        }
+    }
+
+    /// Returns what is left of `runtime`'s lease to its day's spend (nothing before its first
+    /// tick: it holds no lease then).
+    async fn refund_lease(&self, runtime: &Runtime) {
+        let left = runtime.balance.swap(0, Ordering::AcqRel);
+        let day = runtime.book.lock().unwrap_or_else(|e| e.into_inner()).day;
+        if left > 0 && day != i32::MIN {
+            let _ = self
+                .state
+                .refund(runtime.id, Some(day), left as Micros)
+                .await;
         }
     }
 
@@ -129,6 +146,7 @@ impl Delivery {
         if !serving {
             return;
         }
+        self.give_back_retired().await;
         if !asks.is_empty() {
             match self.state.lease(&asks).await {
                 Ok(grants) => {
