@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use crate::delivery::{
     QUIET, ad_winner, capped_fills, drive_until_quiet, keyed_body, metric_sum, reason, slot_winner,
 };
-use crate::harness::{Server, config, post, repo, report_json, request, run, temp_dir};
+use crate::harness::{Server, config, post, report_json, request, run, temp_dir};
 use crate::server::{CHROME, DE, RU, US};
-use crate::support::{service_lock, service_url};
+use crate::support::{service_lock, service_url, services};
 
 /// Cost of one impression of the budgeted campaigns (bid 10.0 per 1,000).
 const COST: u64 = 10_000;
@@ -121,14 +121,6 @@ kinds = ["text"]
             ru = daily(RU_WINS),
         )
     }
-}
-
-fn services(action: &str, name: &str) {
-    let status = std::process::Command::new(repo().join("scripts/services"))
-        .args([action, name])
-        .status()
-        .unwrap();
-    assert!(status.success(), "scripts/services {action} {name}");
 }
 
 /// One answer of the background traffic: when it was asked and answered (since the start), and

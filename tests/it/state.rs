@@ -13,8 +13,8 @@ use rotator::visitor::geoip::Country;
 use rotator::visitor::symbol::Sym;
 use rotator::visitor::user_agent::Device;
 
-use crate::harness::{Server, config, repo, request, seed_campaigns, temp_dir};
-use crate::support::{exclusive, service_url};
+use crate::harness::{Server, config, request, seed_campaigns, temp_dir};
+use crate::support::{exclusive, service_url, services};
 
 const NOW: i64 = 1_800_000_000;
 const DAY: i32 = 20_833;
@@ -585,14 +585,6 @@ fn issue11_redis_outage_fails_fast_and_recovers() {
             "the view before the outage is kept"
         );
     });
-}
-
-fn services(action: &str, name: &str) {
-    let status = std::process::Command::new(repo().join("scripts/services"))
-        .args([action, name])
-        .status()
-        .unwrap();
-    assert!(status.success(), "scripts/services {action} {name}");
 }
 
 /// The value of `rotator_tracking_events_total{kind, outcome}` on `s`.

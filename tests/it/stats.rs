@@ -5,12 +5,11 @@
 //! rows) and restarts (a spool written while the database was down is replayed).
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{Server, config, repo, report_json, request, run, seed_campaigns, temp_dir};
+use crate::harness::{Server, config, report_json, request, run, seed_campaigns, temp_dir};
 use crate::server::{CHROME, CHROME_ANDROID, DE, FIREFOX, GOOGLEBOT, RU, US};
-use crate::support::{service_lock, service_url};
+use crate::support::{service_lock, service_url, services};
 
 /// (campaign, country, browser, os, device, placement, creative) → (requests, impressions,
 /// viewables, clicks, spend in micro-units), as the report prints them.
@@ -342,14 +341,6 @@ pub fn assert_every_report(dir: &std::path::Path, expected: &Sums) {
             assert_eq!(groups, want, "rows of {args:?}:\n{out}");
         }
     }
-}
-
-fn services(action: &str, name: &str) {
-    let status = Command::new(repo().join("scripts/services"))
-        .args([action, name])
-        .status()
-        .unwrap();
-    assert!(status.success(), "scripts/services {action} {name}");
 }
 
 const FAST_FLUSH: &str = "flush_interval = \"200ms\"\nwrite_timeout = \"2s\"\n";

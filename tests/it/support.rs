@@ -36,6 +36,16 @@ pub fn exclusive<F: std::future::Future>(body: F) -> F::Output {
         .block_on(body)
 }
 
+/// Runs `scripts/services ACTION NAME` (e.g. `stop redis` in an outage test) and checks it
+/// succeeded.
+pub fn services(action: &str, name: &str) {
+    let status = std::process::Command::new(crate::harness::repo().join("scripts/services"))
+        .args([action, name])
+        .status()
+        .unwrap();
+    assert!(status.success(), "scripts/services {action} {name}");
+}
+
 /// The path of `program` (on `PATH`, or in the sbin folders where Debian puts daemons), or `None`
 /// and a SKIPPED line when it is not installed; panics when `ROTATOR_TEST_REQUIRE_SERVICES=1`
 /// (scripts/test installs it).
