@@ -26,7 +26,7 @@ use super::Admin;
 use super::audit::Target;
 use super::auth::Refusal;
 use super::edit::{EditError, Edited};
-use super::model::{ErrorDoc, Problem, Problems};
+use super::model::{CampaignDoc, ErrorDoc, Problem, Problems};
 use super::reports::{self, ReportDoc};
 
 mod campaigns;
@@ -160,6 +160,25 @@ impl Call<'_> {
                 ),
             })
         })
+    }
+
+    /// Edits campaign `id`'s document with `change` under the ETag `tag` (the request's
+    /// `If-Match`) and answers `status` with `answer` of the edit.
+    async fn update_campaign(
+        &self,
+        id: u32,
+        tag: String,
+        status: StatusCode,
+        change: impl FnOnce(&mut CampaignDoc) -> Result<(), EditError> + Send + 'static,
+        answer: impl FnOnce(&Edited) -> Json,
+    ) -> Response<Body> {
+        self.write(
+            Target::Campaign(id),
+            status,
+            move |s| s.update_campaign(id, &tag, change),
+            answer,
+        )
+        .await
     }
 
     /// Runs a write and answers `ok` with its result (and the entry's new ETag).

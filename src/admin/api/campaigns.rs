@@ -66,14 +66,13 @@ pub(super) async fn replace_campaign(call: &Call<'_>, id: u32) -> Answer {
         doc.id = id;
     }
     Ok(call
-        .write(
-            Target::Campaign(id),
+        .update_campaign(
+            id,
+            tag,
             StatusCode::OK,
-            move |s| {
-                s.update_campaign(id, &tag, |c| {
-                    *c = doc;
-                    Ok(())
-                })
+            |c| {
+                *c = doc;
+                Ok(())
             },
             |e| e.after.clone(),
         )
@@ -101,14 +100,13 @@ pub(super) async fn delete_campaign(call: &Call<'_>, id: u32) -> Answer {
 pub(super) async fn set_active(call: &Call<'_>, id: u32, active: bool) -> Answer {
     let tag = call.if_match()?;
     Ok(call
-        .write(
-            Target::Campaign(id),
+        .update_campaign(
+            id,
+            tag,
             StatusCode::OK,
-            move |s| {
-                s.update_campaign(id, &tag, |c| {
-                    c.active = active;
-                    Ok(())
-                })
+            move |c| {
+                c.active = active;
+                Ok(())
             },
             |e| e.after.clone(),
         )

@@ -108,21 +108,20 @@ pub(super) async fn replace_creative(call: &Call<'_>, id: u32, creative: u32) ->
         doc.id = creative;
     }
     Ok(call
-        .write(
-            Target::Campaign(id),
+        .update_campaign(
+            id,
+            tag,
             StatusCode::OK,
-            move |s| {
-                s.update_campaign(id, &tag, |c| {
-                    let slot = c
-                        .creatives
-                        .iter_mut()
-                        .find(|x| x.id == creative)
-                        .ok_or_else(|| {
-                            EditError::NotFound(format!("campaign {id} has no creative {creative}"))
-                        })?;
-                    *slot = doc;
-                    Ok(())
-                })
+            move |c| {
+                let slot = c
+                    .creatives
+                    .iter_mut()
+                    .find(|x| x.id == creative)
+                    .ok_or_else(|| {
+                        EditError::NotFound(format!("campaign {id} has no creative {creative}"))
+                    })?;
+                *slot = doc;
+                Ok(())
             },
             |e| creative_of(&e.after, creative).unwrap_or_default(),
         )
@@ -138,20 +137,19 @@ pub(super) async fn replace_creative(call: &Call<'_>, id: u32, creative: u32) ->
 pub(super) async fn delete_creative(call: &Call<'_>, id: u32, creative: u32) -> Answer {
     let tag = call.if_match()?;
     Ok(call
-        .write(
-            Target::Campaign(id),
+        .update_campaign(
+            id,
+            tag,
             StatusCode::NO_CONTENT,
-            move |s| {
-                s.update_campaign(id, &tag, |c| {
-                    let before = c.creatives.len();
-                    c.creatives.retain(|x| x.id != creative);
-                    if c.creatives.len() == before {
-                        return Err(EditError::NotFound(format!(
-                            "campaign {id} has no creative {creative}"
-                        )));
-                    }
-                    Ok(())
-                })
+            move |c| {
+                let before = c.creatives.len();
+                c.creatives.retain(|x| x.id != creative);
+                if c.creatives.len() == before {
+                    return Err(EditError::NotFound(format!(
+                        "campaign {id} has no creative {creative}"
+                    )));
+                }
+                Ok(())
             },
             |_| Json::Null,
         )
