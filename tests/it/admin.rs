@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Response, Server, config, parse, request_from, run, send_raw, temp_dir};
+use crate::harness::{Response, Server, config, request_from, run, send, temp_dir};
 use crate::server::{CHROME, DE};
 
 const CAMPAIGNS: &str = r#"# House campaigns: edited by hand and through the API.
@@ -49,16 +49,7 @@ fn call(
     body: Option<&Value>,
 ) -> Response {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut raw = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        raw.push_str(&format!("{name}: {value}\r\n"));
-    }
-    raw.push_str("\r\n");
-    raw.push_str(&body);
-    parse(&send_raw(addr, raw.as_bytes()))
+    send(addr, method, path, headers, &body)
 }
 
 fn body(r: &Response) -> Value {

@@ -16,9 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::Value;
 
 use crate::browser::Driver;
-use crate::harness::{
-    Response, Server, config, parse, repo, run, send_raw, send_raw_from, temp_dir,
-};
+use crate::harness::{Response, Server, config, parse, repo, run, send, send_raw_from, temp_dir};
 use crate::server::{CHROME, DE};
 use crate::support::tool;
 
@@ -81,25 +79,6 @@ bid = 0.5
 "#;
 
 const CONSOLE_URL: &str = "https://console.example/";
-
-fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Response {
-    let mut raw = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        raw.push_str(&format!("{name}: {value}\r\n"));
-    }
-    raw.push_str("\r\n");
-    raw.push_str(body);
-    parse(&send_raw(addr, raw.as_bytes()))
-}
 
 fn form(pairs: &[(&str, &str)]) -> String {
     url::form_urlencoded::Serializer::new(String::new())

@@ -284,6 +284,23 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &[u
     parse(&send_raw(addr, &request_bytes(method, path, headers)))
 }
 
+/// `method path` with text `headers` and `body` (its `Content-Length` added) and
+/// `Connection: close`.
+pub fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Response {
+    let length = body.len().to_string();
+    let mut all: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+    all.push(("Content-Length", length.as_bytes()));
+    let mut raw = request_bytes(method, path, &all);
+    raw.extend_from_slice(body.as_bytes());
+    parse(&send_raw(addr, &raw))
+}
+
 /// `POST path` with a body of `content_type` and `Connection: close`.
 pub fn post(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> Response {
     parse(&send_raw(addr, &post_bytes(path, content_type, body)))
