@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use hyper::HeaderMap;
-use hyper::header::{COOKIE, HeaderValue};
+use hyper::header::HeaderValue;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -70,14 +70,7 @@ fn key(id: &str) -> [u8; 32] {
 
 /// The value of cookie `name` in the request's `Cookie` headers.
 pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.trim())
+    crate::http::cookie(headers, name).map(str::trim)
 }
 
 impl SessionStore {
@@ -196,6 +189,7 @@ fn live(e: &Entry, now: Instant) -> bool {
 mod tests {
     use super::*;
     use crate::admin::tokens::{self, Role, TokenStore};
+    use hyper::header::COOKIE;
 
     fn request_with(cookie: &HeaderValue) -> HeaderMap {
         let pair = cookie

@@ -14,7 +14,7 @@ use std::sync::{Mutex, OnceLock};
 
 use hmac::{Hmac, Mac};
 use hyper::HeaderMap;
-use hyper::header::{COOKIE, HeaderValue};
+use hyper::header::HeaderValue;
 use sha2::Sha256;
 use siphasher::sip::SipHasher24;
 use smallvec::{SmallVec, smallvec};
@@ -185,14 +185,7 @@ impl Identifier {
 
     /// The value of our cookie in `headers`, if it looks like one we set.
     fn cookie<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
-        headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(name, _)| *name == self.config.cookie)
-            .map(|(_, value)| value)
+        crate::http::cookie(headers, &self.config.cookie)
             .filter(|v| v.len() == COOKIE_ID_LEN && v.bytes().all(is_base64url))
     }
 
