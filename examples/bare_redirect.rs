@@ -55,6 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some([flag, cert, key]) if flag == "--tls" => Some(Arc::new(Tls::load(
             Path::new(cert),
             Path::new(key),
+            "bare",
             Metrics::new().tls("bare"),
         )?)),
         _ => None,

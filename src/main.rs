@@ -257,11 +257,11 @@ fn serve(path: Option<&Path>) -> Result<()> {
         metrics: metrics.connections(listener),
         tls: None,
     };
-    let load_tls = |cert: &std::path::Path, key: &std::path::Path, listener: &str| {
+    let load_tls = |cert: &std::path::Path, key: &std::path::Path, listener: &'static str| {
         if cert.as_os_str().is_empty() {
             return Ok(None);
         }
-        let tls = Tls::load(cert, key, metrics.tls(listener))
+        let tls = Tls::load(cert, key, listener, metrics.tls(listener))
             .with_context(|| format!("[{listener}] tls_cert and tls_key"))?;
         anyhow::Ok(Some(Arc::new(tls)))
     };

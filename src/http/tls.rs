@@ -143,13 +143,20 @@ pub struct Tls {
     current: Arc<Current>,
     cert: PathBuf,
     key: PathBuf,
+    /// The listener's name in log lines (`ads`, `admin`).
+    listener: &'static str,
     metrics: TlsMetrics,
 }
 
 impl Tls {
-    /// Loads the pair at `cert` and `key` (an error here stops the start: there is no previous
-    /// pair to keep serving).
-    pub fn load(cert: &Path, key: &Path, metrics: TlsMetrics) -> Result<Tls, TlsError> {
+    /// Loads the pair at `cert` and `key` for `listener` (an error here stops the start: there
+    /// is no previous pair to keep serving).
+    pub fn load(
+        cert: &Path,
+        key: &Path,
+        listener: &'static str,
+        metrics: TlsMetrics,
+    ) -> Result<Tls, TlsError> {
         let pair = load_pair(cert, key)?;
         metrics
             .expiry
@@ -166,6 +173,7 @@ impl Tls {
             current,
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
+            listener,
             metrics,
         })
     }
@@ -188,7 +196,8 @@ impl Tls {
                 self.metrics.reloads_ok.inc();
                 tracing::info!(
                     not_after = pair.not_after,
-                    "TLS certificate reloaded ({why}) from {}",
+                    "TLS certificate of the {} listener reloaded ({why}) from {}",
+                    self.listener,
                     self.cert.display()
                 );
                 true
@@ -196,14 +205,18 @@ impl Tls {
             Ok(Err(e)) => {
                 self.metrics.reloads_error.inc();
                 tracing::error!(
-                    "TLS certificate reload ({why}) refused, the previous certificate keeps \
-                     serving: {e}"
+                    "TLS certificate reload of the {} listener ({why}) refused, the previous \
+                     certificate keeps serving: {e}",
+                    self.listener
                 );
                 false
             }
             Err(e) => {
                 self.metrics.reloads_error.inc();
-                tracing::error!("TLS certificate reload ({why}) failed: {e}");
+                tracing::error!(
+                    "TLS certificate reload of the {} listener ({why}) failed: {e}",
+                    self.listener
+                );
                 false
             }
         }

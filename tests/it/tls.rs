@@ -461,8 +461,9 @@ fn certificates_reload_without_dropping_connections() {
     let error = "rotator_tls_reloads_total{listener=\"ads\",result=\"error\"}";
     let changed = Instant::now();
     make_pair(&openssl, &dir, "second", 60, &cert, &key);
+    // Both listeners serve the same files and reload them independently: wait for the ads one.
     server.wait_for_log(
-        "TLS certificate reloaded (file changed)",
+        "TLS certificate of the ads listener reloaded (file changed)",
         Duration::from_secs(10),
     );
     assert!(
@@ -495,7 +496,7 @@ fn certificates_reload_without_dropping_connections() {
     )
     .unwrap();
     server.wait_for_log(
-        "refused, the previous certificate keeps serving",
+        "reload of the ads listener (file changed) refused, the previous certificate keeps serving",
         Duration::from_secs(10),
     );
     assert_eq!(served_name(&openssl, server.addr), "second");
@@ -516,7 +517,14 @@ fn certificates_reload_without_dropping_connections() {
         &dir.join("other-copy.crt"),
         &dir.join("tls.key"),
     );
-    server.wait_for_log("is not the key of the certificate", Duration::from_secs(10));
+    server.wait_for_log(
+        &format!(
+            "reload of the ads listener (file changed) refused, the previous certificate keeps \
+             serving: the key in {} is not the key of the certificate",
+            key.display()
+        ),
+        Duration::from_secs(10),
+    );
     assert_eq!(served_name(&openssl, server.addr), "second");
     assert_eq!(metric(&server, error), 2);
     assert_expiry_in(&server, 60);
@@ -524,7 +532,14 @@ fn certificates_reload_without_dropping_connections() {
     // SIGHUP: a complete new pair, loaded at once.
     make_pair(&openssl, &dir, "third", 90, &cert, &key);
     server.signal("HUP");
-    server.wait_for_log("TLS certificate reloaded (SIGHUP)", Duration::from_secs(5));
+    server.wait_for_log(
+        "TLS certificate of the ads listener reloaded (SIGHUP)",
+        Duration::from_secs(5),
+    );
+    server.wait_for_log(
+        "TLS certificate of the admin listener reloaded (SIGHUP)",
+        Duration::from_secs(5),
+    );
     assert_eq!(served_name(&openssl, server.addr), "third");
     assert_eq!(
         open.ad(),
