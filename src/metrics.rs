@@ -23,7 +23,7 @@ use crate::auction::Outcome;
 use crate::tracking::{EventKind, Outcome as TrackingOutcome};
 
 mod delivery;
-pub use delivery::{Excluded, STATE_BACKENDS, STATE_OPS};
+pub use delivery::{Excluded, STATE_BACKENDS, STATE_OPS, StateCall};
 
 /// Latency buckets, seconds: 50 µs to 1 s, roughly ×2 apart.
 const LATENCY_BUCKETS: &[f64] = &[

@@ -14,7 +14,7 @@ use std::sync::{Mutex, OnceLock};
 
 use hmac::{Hmac, Mac};
 use hyper::HeaderMap;
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue};
 use sha2::Sha256;
 use siphasher::sip::SipHasher24;
 use smallvec::{SmallVec, smallvec};
@@ -22,6 +22,9 @@ use smallvec::{SmallVec, smallvec};
 use crate::config::{IdentityConfig, IdentityFallback};
 use crate::delivery::state::MAX_KEYS;
 use crate::tracking::Signer;
+
+/// Global Privacy Control (a static name: no parsing of the name per request).
+static SEC_GPC: HeaderName = HeaderName::from_static("sec-gpc");
 
 /// The identity hashes a visitor's views are counted under (a view must fit under each).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -131,7 +134,7 @@ impl Identifier {
         }
         let gpc = who
             .headers
-            .and_then(|h| h.get("sec-gpc"))
+            .and_then(|h| h.get(&SEC_GPC))
             .is_some_and(|v| v.as_bytes().trim_ascii() == b"1");
         let cookie_on = !self.config.cookie.is_empty() && !gpc && who.headers.is_some();
         if cookie_on && let Some(id) = who.headers.and_then(|h| self.cookie(h)) {

@@ -75,8 +75,26 @@ type SpendCounters = HashMap<u32, IntCounter, foldhash::fast::RandomState>;
 struct StateSeries {
     backend: &'static str,
     op: &'static str,
+    call: StateCall,
+}
+
+/// The time and error series of one (backend, op), resolved once for a hot path (see
+/// [`Metrics::state_call`]).
+#[derive(Clone)]
+pub struct StateCall {
     seconds: Histogram,
     errors: IntCounter,
+}
+
+impl StateCall {
+    /// Counts one call that took `elapsed` and succeeded or not.
+    #[inline]
+    pub fn observe(&self, elapsed: Duration, ok: bool) {
+        self.seconds.observe(elapsed.as_secs_f64());
+        if !ok {
+            self.errors.inc();
+        }
+    }
 }
 
 /// The delivery metrics of one server (a field of [`Metrics`]).
@@ -145,8 +163,10 @@ impl DeliveryMetrics {
             .map(|(backend, op)| StateSeries {
                 backend,
                 op,
-                seconds: state_seconds.with_label_values(&[backend, op]),
-                errors: state_errors.with_label_values(&[backend, op]),
+                call: StateCall {
+                    seconds: state_seconds.with_label_values(&[backend, op]),
+                    errors: state_errors.with_label_values(&[backend, op]),
+                },
             })
             .collect();
         DeliveryMetrics {
@@ -242,24 +262,27 @@ impl Metrics {
         elapsed: Duration,
         ok: bool,
     ) {
+        match self
+            .delivery
+            .state
+            .iter()
+            .find(|s| s.backend == backend && s.op == op)
+        {
+            Some(s) => s.call.observe(elapsed, ok),
+            None => self.state_call(backend, op).observe(elapsed, ok),
+        }
+    }
+
+    /// The series of (`backend`, `op`), for a caller that observes many calls (no search of
+    /// the series per call).
+    pub fn state_call(&self, backend: &'static str, op: &'static str) -> StateCall {
         let d = &self.delivery;
-        let seconds = elapsed.as_secs_f64();
         match d.state.iter().find(|s| s.backend == backend && s.op == op) {
-            Some(s) => {
-                s.seconds.observe(seconds);
-                if !ok {
-                    s.errors.inc();
-                }
-            }
-            None => {
-                d.state_seconds
-                    .with_label_values(&[backend, op])
-                    .observe(seconds);
-                let errors = d.state_errors.with_label_values(&[backend, op]);
-                if !ok {
-                    errors.inc();
-                }
-            }
+            Some(s) => s.call.clone(),
+            None => StateCall {
+                seconds: d.state_seconds.with_label_values(&[backend, op]),
+                errors: d.state_errors.with_label_values(&[backend, op]),
+            },
         }
     }
 }

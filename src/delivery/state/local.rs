@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{CapAsk, CapReply, LeaseAsk, StateError};
 use crate::campaigns::budget::Micros;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StateCall};
 use crate::tracking::Seen;
 
 mod budgets;
@@ -58,6 +58,9 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// The local backend.
 pub struct LocalState {
     pub(super) metrics: Arc<Metrics>,
+    /// `rotator_state_seconds{backend="local",op="reserve"}` and its errors (every capped
+    /// decision observes them).
+    pub(super) reserve_metrics: StateCall,
     /// Held for the lifetime of the state (`flock`).
     _lock: File,
     /// Tracking's counted-once memory (journalled by tracking itself).
@@ -117,6 +120,7 @@ impl LocalState {
             .map_err(io_error(dir))?;
         Ok((
             LocalState {
+                reserve_metrics: metrics.state_call("local", "reserve"),
                 metrics,
                 _lock: lock,
                 seen,

@@ -258,8 +258,7 @@ impl State {
         };
         let started = Instant::now();
         let result = check_keys(keys).and_then(|()| l.reserve(keys, asks, decision, now));
-        self.metrics()
-            .observe_state(self.backend(), "reserve", started.elapsed(), result.is_ok());
+        l.reserve_metrics.observe(started.elapsed(), result.is_ok());
         Some(result)
     }
 
