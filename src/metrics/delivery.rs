@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 use super::{LATENCY_BUCKETS, Metrics, counter_vec};
@@ -95,6 +95,11 @@ impl StateCall {
             self.errors.inc();
         }
     }
+
+    /// Counts one call that failed without being sent (no time to observe).
+    pub fn refused(&self) {
+        self.errors.inc();
+    }
 }
 
 /// The delivery metrics of one server (a field of [`Metrics`]).
@@ -110,6 +115,8 @@ pub(super) struct DeliveryMetrics {
     state_seconds: HistogramVec,
     state_errors: IntCounterVec,
     state: Vec<StateSeries>,
+    /// `rotator_state_circuit_open`.
+    circuit_open: IntGauge,
 }
 
 impl DeliveryMetrics {
@@ -193,6 +200,18 @@ impl DeliveryMetrics {
             state_seconds,
             state_errors,
             state,
+            circuit_open: {
+                let g = IntGauge::new(
+                    "rotator_state_circuit_open",
+                    "1 while the Redis backend's circuit breaker is open (request-path calls fail \
+                     at once after calls in a row could not reach Redis), else 0.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
         }
     }
 }
@@ -244,6 +263,11 @@ impl Metrics {
         d.spent_today.reset();
         d.target.reset();
         d.holdback.reset();
+    }
+
+    /// Sets `rotator_state_circuit_open`.
+    pub fn set_state_circuit_open(&self, open: bool) {
+        self.delivery.circuit_open.set(i64::from(open));
     }
 
     /// Counts one campaign left out of an auction for `reason`.

@@ -587,6 +587,100 @@ fn issue11_redis_outage_fails_fast_and_recovers() {
     });
 }
 
+/// The value of `series` (a whole series name with its labels) in `metrics`, 0 when absent.
+fn series(metrics: &Metrics, series: &str) -> u64 {
+    metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resumes the paused Redis when dropped, also when the test fails (the other tests need it).
+struct ResumeRedis;
+
+impl Drop for ResumeRedis {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(crate::harness::repo().join("scripts/services"))
+            .args(["resume", "redis"])
+            .status();
+    }
+}
+
+/// Redis hangs (the process frozen: connections open, no answers): after three calls waited
+/// their whole timeout, the next ones fail at once without being sent (the circuit breaker),
+/// one probe a second goes through, and when Redis answers again the calls work by themselves.
+#[test]
+fn issue11_a_hanging_redis_is_not_waited_for_call_after_call() {
+    let Some(url) = service_url("ROTATOR_TEST_REDIS_URL") else {
+        return;
+    };
+    exclusive(async {
+        let mut config = redis_config(url);
+        config.redis.timeout = Duration::from_millis(100);
+        config.redis.lease_timeout = Duration::from_millis(200);
+        let (state, _writer, metrics) = open(&config).await;
+        let (campaign, key) = fresh();
+        let cap = [CapAsk {
+            campaign,
+            limit: 1_000,
+            per_secs: 600,
+        }];
+        let sent = "rotator_state_seconds_count{backend=\"redis\",op=\"reserve\"}";
+        let errors = "rotator_state_errors_total{backend=\"redis\",op=\"reserve\"}";
+        let open_gauge = "rotator_state_circuit_open";
+        assert!(state.reserve(&[key], &cap, decision(1), NOW).await.is_ok());
+        assert_eq!(
+            (series(&metrics, sent), series(&metrics, open_gauge)),
+            (1, 0)
+        );
+
+        services("pause", "redis");
+        let _resume = ResumeRedis;
+        let frozen = Instant::now();
+        for n in 0..20 {
+            let r = state.reserve(&[key], &cap, decision(2 + n), NOW).await;
+            assert!(r.is_err(), "call {n}: {r:?}");
+        }
+        let took = frozen.elapsed();
+        // Three sent calls time out; a probe would only be let through a second later.
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        assert_eq!(series(&metrics, sent), 1 + 3, "only three calls were sent");
+        assert_eq!(series(&metrics, errors), 20);
+        assert_eq!(series(&metrics, open_gauge), 1);
+
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let probe = state.reserve(&[key], &cap, decision(30), NOW).await;
+        assert!(probe.is_err(), "{probe:?}");
+        assert_eq!(series(&metrics, sent), 5, "one probe after the open second");
+        assert!(
+            state
+                .reserve(&[key], &cap, decision(31), NOW)
+                .await
+                .is_err()
+        );
+        assert_eq!(series(&metrics, sent), 5, "no second probe meanwhile");
+
+        services("resume", "redis");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match state.reserve(&[key], &cap, decision(40), NOW).await {
+                Ok(r) => {
+                    assert!(r.granted.is_some(), "{r:?}");
+                    break;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("waiting for Redis: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("no recovery: {e}"),
+            }
+        }
+        assert_eq!(series(&metrics, open_gauge), 0, "closed again");
+        assert!(state.reserve(&[key], &cap, decision(41), NOW).await.is_ok());
+    });
+}
+
 /// The value of `rotator_tracking_events_total{kind, outcome}` on `s`.
 fn tracking_events(s: &Server, kind: &str, outcome: &str) -> u64 {
     let text = request(s.metrics.unwrap(), "GET", "/metrics", &[]).body;

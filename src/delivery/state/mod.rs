@@ -17,7 +17,8 @@
 //!   under none.
 //! - Seen-ids: `seen_first` answers [`Mark::First`] once per (id, kind) until it expires.
 //!
-//! Every call is observed with `Metrics::observe_state(backend, op, elapsed, ok)`.
+//! Every call is observed with `Metrics::observe_state(backend, op, elapsed, ok)`, but for one
+//! the Redis backend's circuit breaker refused at once: that one counts as an error only.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -31,6 +32,7 @@ use crate::config::{StateBackend, StateConfig};
 use crate::metrics::Metrics;
 use crate::tracking::{EventKind, Mark, Seen};
 
+pub mod breaker;
 pub mod local;
 pub mod redis;
 
@@ -98,6 +100,14 @@ pub enum StateError {
     /// Redis did not answer in time.
     #[error("[state] redis: no answer within {0:?}")]
     Timeout(Duration),
+    /// Not sent: the last calls could not reach Redis, so request-path calls fail at once for
+    /// a while (see [`breaker`]).
+    #[error(
+        "[state] redis: not called, it was unreachable for the last calls (circuit open, \
+         probed again every {:?})",
+        breaker::OPEN_FOR
+    )]
+    CircuitOpen,
     /// Redis answered something the script cannot have returned.
     #[error("[state] redis: unexpected reply: {0}")]
     Reply(String),
@@ -177,8 +187,12 @@ impl State {
     ) -> Result<T, StateError> {
         let started = Instant::now();
         let result = call.await;
-        self.metrics()
-            .observe_state(self.backend(), op, started.elapsed(), result.is_ok());
+        if let Err(StateError::CircuitOpen) = result {
+            self.metrics().state_call(self.backend(), op).refused();
+        } else {
+            self.metrics()
+                .observe_state(self.backend(), op, started.elapsed(), result.is_ok());
+        }
         result
     }
 

@@ -17,15 +17,17 @@
 //! `lease_timeout` for budgets); a call that times out may still have run on the server: a lease
 //! granted then counts as spent (under-spend, never over), a view reserved then counts until its
 //! window ends (one view fewer for that visitor), a seen-id set then makes a later replay a
-//! duplicate.
+//! duplicate. Request-path calls go through a circuit [`Breaker`]: while Redis hangs they fail
+//! at once instead of each waiting for its timeout.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 
+use super::breaker::{Breaker, Change, TRIP_AFTER};
 use super::{CapAsk, CapReply, LeaseAsk, StateError};
 use crate::campaigns::budget::Micros;
 use crate::config::StateRedisConfig;
@@ -135,6 +137,8 @@ pub struct RedisState {
     lease: Script,
     refund: Script,
     reserve: Script,
+    /// Holds request-path calls back while Redis cannot be reached.
+    breaker: Breaker,
 }
 
 fn day_key(campaign: u32, day: i32) -> String {
@@ -157,6 +161,11 @@ fn seen_key(id: &[u8; 12], kind: EventKind) -> String {
         s.push(char::from(HEX[usize::from(b & 15)]));
     }
     s
+}
+
+/// Whether `e` says Redis could not be reached (not that it answered with an error).
+fn unreachable(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_timeout()
 }
 
 /// A Redis integer as micros (never negative: the scripts floor at zero).
@@ -194,24 +203,58 @@ impl RedisState {
             lease: Script::new(LEASE),
             refund: Script::new(REFUND),
             reserve: Script::new(RESERVE),
+            breaker: Breaker::new(Instant::now()),
         })
     }
 
-    /// Runs `call` with at most `limit` to answer.
+    /// Runs `call` with at most `limit` to answer, and tells the breaker whether Redis was
+    /// reached.
     async fn within<T>(
+        &self,
         limit: Duration,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StateError> {
-        match tokio::time::timeout(limit, call).await {
-            Ok(result) => Ok(result?),
+        let result = match tokio::time::timeout(limit, call).await {
+            Ok(result) => result.map_err(StateError::from),
             Err(_) => Err(StateError::Timeout(limit)),
+        };
+        let change = match &result {
+            Err(StateError::Timeout(_)) => self.breaker.failure(Instant::now()),
+            Err(StateError::Redis(e)) if unreachable(e) => self.breaker.failure(Instant::now()),
+            _ => self.breaker.success(),
+        };
+        match change {
+            Change::None => {}
+            Change::Opened => {
+                self.metrics.set_state_circuit_open(true);
+                tracing::warn!(
+                    "[state] redis: {TRIP_AFTER} calls in a row could not reach it; capped \
+                     decisions and tracking stop waiting for it (circuit open) and probe it \
+                     again every {:?}",
+                    super::breaker::OPEN_FOR
+                );
+            }
+            Change::Closed => {
+                self.metrics.set_state_circuit_open(false);
+                tracing::info!("[state] redis answers again (circuit closed)");
+            }
+        }
+        result
+    }
+
+    /// Lets a request-path call go to Redis, or fails it at once while the breaker is open.
+    fn admit(&self) -> Result<(), StateError> {
+        if self.breaker.admit(Instant::now()) {
+            Ok(())
+        } else {
+            Err(StateError::CircuitOpen)
         }
     }
 
     /// `PING`, within the budget calls' timeout.
     pub async fn ping(&self) -> Result<(), StateError> {
         let mut c = self.connection.clone();
-        Self::within(self.lease_timeout, async move {
+        self.within(self.lease_timeout, async move {
             redis::cmd("PING").query_async::<String>(&mut c).await
         })
         .await
@@ -235,10 +278,11 @@ impl RedisState {
                 .arg(bound(ask.total));
         }
         let mut c = self.connection.clone();
-        let reply: Vec<Value> = Self::within(self.lease_timeout, async move {
-            invocation.invoke_async(&mut c).await
-        })
-        .await?;
+        let reply: Vec<Value> = self
+            .within(self.lease_timeout, async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
         if reply.len() != asks.len() {
             return Err(StateError::Reply(format!(
                 "{} grants for {} asks",
@@ -262,7 +306,7 @@ impl RedisState {
             invocation.key(day_key(campaign, day));
         }
         let mut c = self.connection.clone();
-        Self::within(self.lease_timeout, async move {
+        self.within(self.lease_timeout, async move {
             invocation.invoke_async::<Value>(&mut c).await
         })
         .await
@@ -273,10 +317,11 @@ impl RedisState {
     pub async fn spent(&self, campaign: u32, day: i32) -> Result<(Micros, Micros), StateError> {
         let mut c = self.connection.clone();
         let keys = [day_key(campaign, day), total_key(campaign)];
-        let reply: Vec<Value> = Self::within(self.lease_timeout, async move {
-            redis::cmd("MGET").arg(&keys).query_async(&mut c).await
-        })
-        .await?;
+        let reply: Vec<Value> = self
+            .within(self.lease_timeout, async move {
+                redis::cmd("MGET").arg(&keys).query_async(&mut c).await
+            })
+            .await?;
         match reply.as_slice() {
             [day, total] => Ok((micros(day)?, micros(total)?)),
             other => Err(StateError::Reply(format!("{other:?}"))),
@@ -294,6 +339,7 @@ impl RedisState {
         if asks.is_empty() {
             return Ok(CapReply::default());
         }
+        self.admit()?;
         let keys = match keys {
             [a, b] if a == b => &keys[..1],
             _ => keys,
@@ -307,10 +353,11 @@ impl RedisState {
             invocation.arg(ask.limit).arg(ask.per_secs);
         }
         let mut c = self.connection.clone();
-        let reply: Vec<i64> = Self::within(self.timeout, async move {
-            invocation.invoke_async(&mut c).await
-        })
-        .await?;
+        let reply: Vec<i64> = self
+            .within(self.timeout, async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
         let Some((&granted, frees)) = reply.split_first().filter(|(_, f)| f.len() == asks.len())
         else {
             return Err(StateError::Reply(format!("{reply:?}")));
@@ -328,6 +375,7 @@ impl RedisState {
         campaign: u32,
         decision: [u8; 12],
     ) -> Result<(), StateError> {
+        self.admit()?;
         let mut pipe = redis::pipe();
         for &key in keys {
             pipe.cmd("ZREM")
@@ -336,7 +384,7 @@ impl RedisState {
                 .ignore();
         }
         let mut c = self.connection.clone();
-        Self::within(
+        self.within(
             self.timeout,
             async move { pipe.query_async::<()>(&mut c).await },
         )
@@ -345,6 +393,7 @@ impl RedisState {
 
     /// See [`super::State::views`].
     pub async fn views(&self, keys: &[u64], campaign: u32, now: i64) -> Result<u32, StateError> {
+        self.admit()?;
         let mut pipe = redis::pipe();
         for &key in keys {
             pipe.cmd("ZCOUNT")
@@ -353,8 +402,9 @@ impl RedisState {
                 .arg("+inf");
         }
         let mut c = self.connection.clone();
-        let counts: Vec<u32> =
-            Self::within(self.timeout, async move { pipe.query_async(&mut c).await }).await?;
+        let counts: Vec<u32> = self
+            .within(self.timeout, async move { pipe.query_async(&mut c).await })
+            .await?;
         Ok(counts.into_iter().max().unwrap_or(0))
     }
 
@@ -366,20 +416,22 @@ impl RedisState {
         expires: u32,
         now: u32,
     ) -> Result<Mark, StateError> {
+        self.admit()?;
         let key = seen_key(id, kind);
         let ttl = expires.saturating_sub(now).max(1);
         let mut c = self.connection.clone();
-        let set: Option<String> = Self::within(self.timeout, async move {
-            redis::cmd("SET")
-                .arg(key)
-                .arg(1)
-                .arg("NX")
-                .arg("EX")
-                .arg(ttl)
-                .query_async(&mut c)
-                .await
-        })
-        .await?;
+        let set: Option<String> = self
+            .within(self.timeout, async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(ttl)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
         Ok(if set.is_some() {
             Mark::First
         } else {
@@ -389,9 +441,10 @@ impl RedisState {
 
     /// See [`super::State::seen_has`].
     pub async fn seen_has(&self, id: &[u8; 12], kind: EventKind) -> Result<bool, StateError> {
+        self.admit()?;
         let key = seen_key(id, kind);
         let mut c = self.connection.clone();
-        Self::within(self.timeout, async move {
+        self.within(self.timeout, async move {
             redis::cmd("EXISTS")
                 .arg(key)
                 .query_async::<bool>(&mut c)
