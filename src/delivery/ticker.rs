@@ -39,6 +39,15 @@ pub fn day_bounds(budget: &Budget, now: i64) -> (i32, i64, i64) {
     )
 }
 
+/// A budgeted campaign in its flight, at this tick.
+struct Budgeted<'a> {
+    campaign: &'a Campaign,
+    budget: &'a Budget,
+    runtime: &'a Arc<Runtime>,
+    /// Its day at this tick: (number, first second, first second of the next day).
+    day: (i32, i64, i64),
+}
+
 /// A campaign's unit of spend: what one impression (cpm) or click (cpc) costs.
 fn unit_cost(campaign: &Campaign) -> Micros {
     match campaign.delivery().pricing {
@@ -121,34 +130,48 @@ impl Delivery {
         self.clock.store(now, Ordering::Relaxed);
         let gate = self.gate();
         let curve = self.curve.load_full();
-        let mut asks = Vec::new();
-        let mut askers = Vec::new();
+        // Flights and days first; the budgeted campaigns still open then read their spend in
+        // batches (one round trip per batch with Redis, not one per campaign).
+        let mut open = Vec::new();
         for (_, campaign, runtime) in gate.limited_campaigns() {
-            let mut status = Status::of_flight(&campaign.delivery().flight, now);
-            if let Some(budget) = &campaign.delivery().budget
-                && status == Status::Open
-            {
-                status = self
-                    .budget_tick(
+            let status = Status::of_flight(&campaign.delivery().flight, now);
+            match &campaign.delivery().budget {
+                Some(budget) if status == Status::Open => {
+                    let (day, start, end) = day_bounds(budget, now);
+                    self.new_day(campaign.id, runtime, day).await;
+                    open.push(Budgeted {
                         campaign,
                         budget,
                         runtime,
-                        (&curve, serving),
-                        now,
-                        &mut asks,
-                        &mut askers,
-                    )
-                    .await;
+                        day: (day, start, end),
+                    });
+                }
+                _ => runtime.status.store(status as u8, Ordering::Relaxed),
             }
-            runtime.status.store(status as u8, Ordering::Relaxed);
+        }
+        let batch = self.state.batch_size();
+        let mut asks = Vec::new();
+        let mut askers = Vec::new();
+        for chunk in open.chunks(batch) {
+            let days: Vec<(u32, i32)> = chunk.iter().map(|b| (b.campaign.id, b.day.0)).collect();
+            let spent = self.state.spent_many(&days).await;
+            if let Err(e) = &spent {
+                tracing::debug!("budget spend not read: {e}");
+            }
+            for (i, b) in chunk.iter().enumerate() {
+                let spent = spent.as_ref().ok().and_then(|s| s.get(i).copied());
+                let status =
+                    self.budget_tick(b, spent, (&curve, serving), now, &mut asks, &mut askers);
+                b.runtime.status.store(status as u8, Ordering::Relaxed);
+            }
         }
         gate.refresh_blocked();
         if !serving {
             return;
         }
         self.give_back_retired().await;
-        if !asks.is_empty() {
-            match self.state.lease(&asks).await {
+        for (asks, askers) in asks.chunks(batch).zip(askers.chunks(batch)) {
+            match self.state.lease(asks).await {
                 Ok(grants) => {
                     for (runtime, grant) in askers.iter().zip(grants) {
                         let grant = i64::try_from(grant).unwrap_or(i64::MAX);
@@ -161,32 +184,40 @@ impl Delivery {
         self.expire(now).await;
     }
 
-    /// One budgeted campaign's tick; returns its status and adds its lease ask. Paces only
-    /// when `serving` (not for `rotator explain`).
-    #[allow(clippy::too_many_arguments)]
-    async fn budget_tick(
+    /// On the first tick of a new budget day, gives the lease left from the previous day back
+    /// to that day (and the total).
+    async fn new_day(&self, campaign: u32, runtime: &Runtime, day: i32) {
+        let old_day = runtime.book.lock().unwrap_or_else(|e| e.into_inner()).day;
+        if old_day == day {
+            return;
+        }
+        let left = runtime.balance.swap(0, Ordering::AcqRel);
+        if left > 0 && old_day != i32::MIN {
+            let _ = self
+                .state
+                .refund(campaign, Some(old_day), left as Micros)
+                .await;
+        }
+    }
+
+    /// One budgeted campaign's tick, given its spend (day, total; `None` when the backend did
+    /// not answer); returns its status and adds its lease ask. Paces only when `serving` (not
+    /// for `rotator explain`).
+    fn budget_tick(
         &self,
-        campaign: &Campaign,
-        budget: &Budget,
-        runtime: &Arc<Runtime>,
+        b: &Budgeted<'_>,
+        spent: Option<(Micros, Micros)>,
         (curve, serving): (&TrafficCurve, bool),
         now: i64,
         asks: &mut Vec<LeaseAsk>,
         askers: &mut Vec<Arc<Runtime>>,
     ) -> Status {
-        let (day, start, end) = day_bounds(budget, now);
-        let old_day = runtime.book.lock().unwrap_or_else(|e| e.into_inner()).day;
-        if old_day != day {
-            // A new day: the lease left from yesterday goes back to yesterday (and the total).
-            let left = runtime.balance.swap(0, Ordering::AcqRel);
-            if left > 0 && old_day != i32::MIN {
-                let _ = self
-                    .state
-                    .refund(campaign.id, Some(old_day), left as Micros)
-                    .await;
-            }
-        }
-        let spent = self.state.spent(campaign.id, day).await;
+        let Budgeted {
+            campaign,
+            budget,
+            runtime,
+            day: (day, start, end),
+        } = *b;
         let unit = unit_cost(campaign);
         let balance = runtime.balance.load(Ordering::Acquire);
         let charged = runtime.charged.swap(0, Ordering::Relaxed);
@@ -196,7 +227,7 @@ impl Delivery {
         );
         let mut book = runtime.book.lock().unwrap_or_else(|e| e.into_inner());
         book.day = day;
-        if let Ok((spent_day, spent_total)) = spent {
+        if let Some((spent_day, spent_total)) = spent {
             book.spent_day = spent_day;
             book.spent_total = spent_total;
         }
@@ -209,7 +240,7 @@ impl Delivery {
         let probability = match (budget.pacing, budget.daily) {
             // Spend unknown (the backend did not answer): the last probability stands, rather
             // than reading the node's shrinking lease as a refund.
-            (Pacing::Even, Some(_)) if serving && spent.is_err() => runtime.admit_probability(),
+            (Pacing::Even, Some(_)) if serving && spent.is_none() => runtime.admit_probability(),
             (Pacing::Even, Some(daily)) if serving => {
                 let p = book
                     .pacer

@@ -5,8 +5,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rotator::config::{StateBackend, StateConfig, TrackingConfig};
+use arc_swap::ArcSwap;
+use rotator::campaigns::{Catalogue, file};
+use rotator::config::{IdentityConfig, OnOutage, StateBackend, StateConfig, TrackingConfig};
+use rotator::delivery::identity::Identifier;
+use rotator::delivery::state::redis::BATCH;
 use rotator::delivery::state::{CapAsk, LeaseAsk, State, StateWriter};
+use rotator::delivery::{Delivery, Options};
 use rotator::metrics::Metrics;
 use rotator::tracking::{Claims, EventKind, Mark, Outcome, Seen, Signer, Tracker, new_id, now};
 use rotator::visitor::geoip::Country;
@@ -189,6 +194,16 @@ async fn refunds_and_batches(state: &State) {
         "never below zero"
     );
     assert_eq!(state.spent(b, DAY + 1).await.unwrap(), (0, 7_000));
+    assert_eq!(
+        state
+            .spent_many(&[(b, DAY), (a, DAY), (b + 1, DAY), (b, DAY + 1)])
+            .await
+            .unwrap(),
+        [(7_000, 7_000), (0, 0), (0, 0), (0, 7_000)],
+        "{}: several in one call, in order",
+        state.backend()
+    );
+    assert!(state.spent_many(&[]).await.unwrap().is_empty());
 }
 
 async fn caps_exact_under_concurrency(state: &Arc<State>) {
@@ -594,6 +609,59 @@ fn series(metrics: &Metrics, series: &str) -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0)
+}
+
+/// With Redis the ticker reads spend and asks for leases in batches of `BATCH` campaigns (a
+/// long script would hold up every node's decisions queued behind it): 150 budgeted campaigns,
+/// one tick, three spend reads and three lease scripts, and every campaign got its lease.
+#[test]
+fn issue11_the_ticker_batches_many_campaigns_through_redis() {
+    let Some(url) = service_url("ROTATOR_TEST_REDIS_URL") else {
+        return;
+    };
+    exclusive(async {
+        let (state, _writer, metrics) = open(&redis_config(url)).await;
+        let (first, _) = fresh();
+        let ids: Vec<u32> = (first..).take(2 * BATCH + 22).collect();
+        let campaigns: String = ids
+            .iter()
+            .map(|id| {
+                format!(
+                    "[[campaign]]\nid = {id}\nurl = \"https://c{id}.example\"\nbid = 2.0\n\
+                     [campaign.budget]\ndaily = 10.0\npacing = \"asap\"\n\n"
+                )
+            })
+            .collect();
+        let catalogue = Catalogue::new(file::parse(&campaigns).unwrap(), "test.toml".into());
+        let signer = Signer::from_keys(&[9; 32], &[]).unwrap();
+        let delivery = Delivery::new(
+            state.clone(),
+            Identifier::new(&IdentityConfig::default(), &signer),
+            Arc::new(ArcSwap::from_pointee(catalogue)),
+            metrics.clone(),
+            Options {
+                lease_seconds: 5,
+                on_outage: OnOutage::Hold,
+                impression_ttl: 60,
+            },
+        );
+        delivery.tick(NOW).await;
+        let calls = |op: &str| {
+            series(
+                &metrics,
+                &format!("rotator_state_seconds_count{{backend=\"redis\",op=\"{op}\"}}"),
+            )
+        };
+        assert_eq!((calls("spent"), calls("lease")), (3, 3));
+        let day = NOW.div_euclid(86_400) as i32;
+        let days: Vec<(u32, i32)> = ids.iter().map(|&id| (id, day)).collect();
+        let spent = state.spent_many(&days).await.unwrap();
+        // At least ten impressions' worth (2.00 CPM: 2,000 micros each) for every campaign.
+        assert!(
+            spent.iter().all(|&(d, t)| d >= 20_000 && d == t),
+            "{spent:?}"
+        );
+    });
 }
 
 /// Resumes the paused Redis when dropped, also when the test fails (the other tests need it).

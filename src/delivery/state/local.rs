@@ -153,6 +153,12 @@ impl LocalState {
         lock(&self.budgets).spent(campaign, day)
     }
 
+    /// See [`super::State::spent_many`].
+    pub fn spent_many(&self, days: &[(u32, i32)]) -> Vec<(Micros, Micros)> {
+        let budgets = lock(&self.budgets);
+        days.iter().map(|&(c, d)| budgets.spent(c, d)).collect()
+    }
+
     /// See [`super::State::reserve`]. Fails when `keys` holds no key or more than two, or when
     /// the memory is full ([`StateError::CapsFull`]).
     pub fn reserve(

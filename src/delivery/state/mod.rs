@@ -237,6 +237,31 @@ impl State {
         .await
     }
 
+    /// [`spent`](Self::spent) of several (campaign, day) pairs in one call, in their order.
+    pub async fn spent_many(
+        &self,
+        days: &[(u32, i32)],
+    ) -> Result<Vec<(Micros, Micros)>, StateError> {
+        self.observed("spent", async {
+            match self {
+                State::Local(l) => Ok(l.spent_many(days)),
+                State::Redis(r) => r.spent_many(days).await,
+            }
+        })
+        .await
+    }
+
+    /// The most campaigns the ticker should put in one batched call ([`lease`](Self::lease),
+    /// [`spent_many`](Self::spent_many)): all of them locally (one journal sync per lease
+    /// batch); for Redis, which runs one call at a time for every node, a batch small enough
+    /// that the decisions waiting behind it are not held up for long.
+    pub fn batch_size(&self) -> usize {
+        match self {
+            State::Local(_) => usize::MAX,
+            State::Redis(_) => redis::BATCH,
+        }
+    }
+
     /// For the visitor known by `keys` (1 or 2 identity hashes), reserves one view in the first
     /// ask (in order) that has room under every key: a view recorded with member `decision`,
     /// counting until `now + per_secs`. Atomic.
