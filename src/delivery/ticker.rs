@@ -107,26 +107,22 @@ impl Delivery {
     /// One round of bookkeeping at `now`: flights, days, spend, pacing, leases, expired
     /// reservations.
     pub async fn tick(&self, now: i64) {
-        self.round(now, true).await;
+        let _ = self.round(now, true).await;
     }
 
     /// What a tick at `now` would block (flights, spent budgets) for `rotator explain`, without
     /// taking leases, giving anything back or pacing (pacing lives in the serving nodes). Fails
     /// when the state backend could not say what was spent.
     pub async fn look(&self, now: i64) -> Result<(), StateError> {
-        let gate = self.gate();
-        for (_, campaign, _) in gate.limited_campaigns() {
-            if let Some(budget) = &campaign.delivery().budget {
-                self.state
-                    .spent(campaign.id, day_bounds(budget, now).0)
-                    .await?;
-            }
+        match self.round(now, false).await {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        self.round(now, false).await;
-        Ok(())
     }
 
-    async fn round(&self, now: i64, serving: bool) {
+    /// Returns the first error met reading the spend (the campaigns concerned keep their last
+    /// known spend).
+    async fn round(&self, now: i64, serving: bool) -> Option<StateError> {
         self.clock.store(now, Ordering::Relaxed);
         let gate = self.gate();
         let curve = self.curve.load_full();
@@ -152,14 +148,19 @@ impl Delivery {
         let batch = self.state.batch_size();
         let mut asks = Vec::new();
         let mut askers = Vec::new();
+        let mut failed = None;
         for chunk in open.chunks(batch) {
             let days: Vec<(u32, i32)> = chunk.iter().map(|b| (b.campaign.id, b.day.0)).collect();
-            let spent = self.state.spent_many(&days).await;
-            if let Err(e) = &spent {
-                tracing::debug!("budget spend not read: {e}");
-            }
+            let spent = match self.state.spent_many(&days).await {
+                Ok(spent) => Some(spent),
+                Err(e) => {
+                    tracing::debug!("budget spend not read: {e}");
+                    failed.get_or_insert(e);
+                    None
+                }
+            };
             for (i, b) in chunk.iter().enumerate() {
-                let spent = spent.as_ref().ok().and_then(|s| s.get(i).copied());
+                let spent = spent.as_ref().and_then(|s| s.get(i).copied());
                 let status =
                     self.budget_tick(b, spent, (&curve, serving), now, &mut asks, &mut askers);
                 b.runtime.status.store(status as u8, Ordering::Relaxed);
@@ -167,7 +168,7 @@ impl Delivery {
         }
         gate.refresh_blocked();
         if !serving {
-            return;
+            return failed;
         }
         self.give_back_retired().await;
         for (asks, askers) in asks.chunks(batch).zip(askers.chunks(batch)) {
@@ -182,6 +183,7 @@ impl Delivery {
             }
         }
         self.expire(now).await;
+        failed
     }
 
     /// On the first tick of a new budget day, gives the lease left from the previous day back

@@ -459,3 +459,30 @@ fn issue11_single_node_budget_caps_flight_restart_explain() {
     eprintln!("issue11 single node: {:?}", started.elapsed());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `rotator explain` with a Redis that does not answer: it still explains, and says on stderr
+/// that spent budgets are not shown (rather than failing or pretending nothing was spent).
+#[test]
+fn issue11_explain_says_when_the_state_backend_does_not_answer() {
+    let dir = temp_dir("explain-no-redis");
+    let port = crate::support::free_port();
+    let state = format!(
+        "[state]\nbackend = \"redis\"\n[state.redis]\nurl = \"redis://127.0.0.1:{port}\"\n\
+         lease_timeout = \"300ms\"\n"
+    );
+    std::fs::write(dir.join("rotator.toml"), config("", &state)).unwrap();
+    std::fs::write(
+        dir.join("campaigns.toml"),
+        "[[campaign]]\nid = 1\nurl = \"https://a.example\"\nbid = 5.0\n\
+         [campaign.budget]\ndaily = 1.0\n",
+    )
+    .unwrap();
+    let (e, err) = explain(&dir, &["--ip", DE, "--ua", CHROME]);
+    assert!(
+        err.contains("state backend (redis) did not answer")
+            && err.contains("spent budgets are not shown"),
+        "{err}"
+    );
+    assert!(e.is_object(), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
