@@ -17,8 +17,8 @@
 //!   under none.
 //! - Seen-ids: `seen_first` answers [`Mark::First`] once per (id, kind) until it expires.
 //!
-//! Every call is observed with `Metrics::observe_state(backend, op, elapsed, ok)`, but for one
-//! the Redis backend's circuit breaker refused at once: that one counts as an error only.
+//! Every call is observed with `Metrics::observe_state(backend, op, elapsed, ok)`, except a call
+//! the Redis backend's circuit breaker refused at once, which counts as an error only.
 
 use std::future::Future;
 use std::path::PathBuf;
