@@ -12,6 +12,7 @@
 //! [`decision::Decider::record`] the one seam where each decision is counted.
 
 pub mod admin;
+pub mod atomic_file;
 pub mod auction;
 pub mod campaigns;
 pub mod config;

@@ -27,8 +27,9 @@ use sha2::{Digest, Sha256};
 use toml_edit::{ArrayOfTables, DocumentMut, Item};
 
 use super::entries::{campaign_table, json_table, merge_table, table_json, to_json, value_json};
-use super::files::{Version, hex, write_atomic};
+use super::files::{Version, hex};
 use super::model::{CampaignDoc, PlacementDoc, Problem};
+use crate::atomic_file;
 use crate::campaigns::{CatalogueHandle, MAX_FILE_BYTES, file, reload};
 use crate::metrics::Metrics;
 
@@ -158,7 +159,7 @@ impl CampaignsFile {
                         .into(),
                 ));
             }
-            write_atomic(&path, text.as_bytes(), None)
+            atomic_file::write(&path, text.as_bytes(), None)
                 .map_err(|e| EditError::File(format!("{}: cannot write: {e}", path.display())))?;
             Ok(edited)
         })

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::files::{Version, hex, now_rfc3339, write_atomic};
+use super::files::{Version, hex, now_rfc3339};
+use crate::atomic_file;
 
 /// The largest tokens file read: far more tokens than anyone needs.
 const MAX_FILE_BYTES: u64 = 1 << 20;
@@ -134,7 +135,7 @@ fn write(path: &Path, file: &TokenFile) -> Result<(), TokenError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| file_error(path, e))?;
     }
-    write_atomic(path, text.as_bytes(), Some(FILE_MODE)).map_err(|e| file_error(path, e))
+    atomic_file::write(path, text.as_bytes(), Some(FILE_MODE)).map_err(|e| file_error(path, e))
 }
 
 /// Whether `name` can name a token: 1 to 64 letters, digits, `.`, `_`, `-`, `@`.

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use super::TrackingError;
 use super::token::EventKind;
+use crate::atomic_file;
 
 /// How often new entries are appended to the journal (and so what a `kill -9` may lose).
 pub const WRITE_INTERVAL: Duration = Duration::from_secs(1);
@@ -276,30 +277,24 @@ impl Seen {
         Ok(read)
     }
 
-    /// Rewrites the journal at `path` with the entries in memory (temporary file, synced, renamed
-    /// over it); returns how many.
+    /// Rewrites the journal at `path` with the entries in memory ([`atomic_file::replace`]);
+    /// returns how many.
     fn compact(&self, path: &Path) -> std::io::Result<usize> {
-        let tmp = path.with_extension("compacting");
-        let mut out = BufWriter::new(File::create(&tmp)?);
-        out.write_all(MAGIC)?;
-        let mut kept = 0;
-        for s in self.shards.iter() {
-            let entries: Vec<[u8; RECORD]> = {
-                let shard = s.0.lock().unwrap_or_else(|e| e.into_inner());
-                shard.live.iter().map(|(e, x)| record(*e, *x)).collect()
-            };
-            kept += entries.len();
-            for r in entries {
-                out.write_all(&r)?;
+        atomic_file::replace(path, None, |out| {
+            out.write_all(MAGIC)?;
+            let mut kept = 0;
+            for s in self.shards.iter() {
+                let entries: Vec<[u8; RECORD]> = {
+                    let shard = s.0.lock().unwrap_or_else(|e| e.into_inner());
+                    shard.live.iter().map(|(e, x)| record(*e, *x)).collect()
+                };
+                kept += entries.len();
+                for r in entries {
+                    out.write_all(&r)?;
+                }
             }
-        }
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(kept)
+            Ok(kept)
+        })
     }
 
     /// Takes the entries not yet journalled.

@@ -30,12 +30,13 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{CapAsk, CapReply, LeaseAsk, StateError};
+use crate::atomic_file;
 use crate::campaigns::budget::Micros;
 use crate::metrics::{Metrics, StateCall};
 use crate::tracking::Seen;
@@ -182,20 +183,13 @@ impl LocalState {
     }
 }
 
-/// Writes `magic` and `records` to a temporary file, syncs it, renames it over `path` (and syncs
-/// the folder); returns `path` opened for appending.
+/// Replaces the journal at `path` with `magic` and `records` ([`atomic_file::replace`]); returns
+/// it opened for appending.
 fn rewrite<R: AsRef<[u8]>>(path: &Path, magic: &[u8], records: &[R]) -> std::io::Result<File> {
-    let tmp = path.with_extension("compacting");
-    let mut out = BufWriter::new(File::create(&tmp)?);
-    out.write_all(magic)?;
-    for r in records {
-        out.write_all(r.as_ref())?;
-    }
-    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        File::open(dir)?.sync_all()?;
-    }
+    atomic_file::replace(path, None, |out| {
+        out.write_all(magic)?;
+        records.iter().try_for_each(|r| out.write_all(r.as_ref()))
+    })?;
     OpenOptions::new().append(true).open(path)
 }
 
