@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 
 /// Calls in a row that could not reach Redis before the breaker opens.
 pub const TRIP_AFTER: u32 = 3;
-/// How long an open breaker refuses calls before it lets one probe through.
-pub const OPEN_FOR: Duration = Duration::from_secs(1);
+/// How long an open breaker refuses calls before it lets one probe through. Short: a blip of
+/// Redis (a fork, a stolen CPU) that trips the breaker costs at most about this long of
+/// `on_outage`, and during a real outage one request in this long waits for its timeout.
+pub const OPEN_FOR: Duration = Duration::from_millis(250);
 
 /// What a finished call tells the breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
