@@ -529,6 +529,14 @@ fn issue11_local_caps_memory_is_bounded() {
     });
 }
 
+/// A Redis backend with the strict `timeout` of the outage tests (and 200 ms for budgets).
+fn strict_redis_config(url: String, timeout: Duration) -> StateConfig {
+    let mut config = redis_config(url);
+    config.redis.timeout = timeout;
+    config.redis.lease_timeout = Duration::from_millis(200);
+    config
+}
+
 /// Redis down: every call fails within the timeout (no panic, no hang); Redis back: the same
 /// client works again by itself, with the spend and views kept.
 #[test]
@@ -537,9 +545,7 @@ fn issue11_redis_outage_fails_fast_and_recovers() {
         return;
     };
     exclusive(async {
-        let mut config = redis_config(url);
-        config.redis.timeout = Duration::from_millis(50);
-        config.redis.lease_timeout = Duration::from_millis(200);
+        let config = strict_redis_config(url, Duration::from_millis(50));
         let (state, _writer, metrics) = open(&config).await;
         let (campaign, key) = fresh();
         let ask = LeaseAsk {
@@ -686,9 +692,7 @@ fn issue11_a_hanging_redis_is_not_waited_for_call_after_call() {
         return;
     };
     exclusive(async {
-        let mut config = redis_config(url);
-        config.redis.timeout = Duration::from_millis(100);
-        config.redis.lease_timeout = Duration::from_millis(200);
+        let config = strict_redis_config(url, Duration::from_millis(100));
         let (state, _writer, metrics) = open(&config).await;
         let (campaign, key) = fresh();
         let cap = [CapAsk {

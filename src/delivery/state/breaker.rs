@@ -85,8 +85,9 @@ impl Breaker {
             .is_ok()
     }
 
-    /// Whether the breaker is open (calls are refused or probing).
-    pub fn is_open(&self) -> bool {
+    /// Whether the breaker is open (calls are refused or probing); the tests' view of it.
+    #[cfg(test)]
+    fn is_open(&self) -> bool {
         self.open_until.load(Ordering::Relaxed) != 0
     }
 
@@ -125,6 +126,16 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// A breaker tripped at the returned instant.
+    fn tripped() -> (Instant, Breaker) {
+        let t0 = Instant::now();
+        let b = Breaker::new(t0);
+        for _ in 0..TRIP_AFTER {
+            b.failure(t0);
+        }
+        (t0, b)
+    }
+
     #[test]
     fn opens_after_failures_in_a_row_only() {
         let t0 = Instant::now();
@@ -143,11 +154,7 @@ mod tests {
 
     #[test]
     fn one_probe_at_a_time_then_closes_on_success() {
-        let t0 = Instant::now();
-        let b = Breaker::new(t0);
-        for _ in 0..TRIP_AFTER {
-            b.failure(t0);
-        }
+        let (t0, b) = tripped();
         let later = t0 + OPEN_FOR;
         assert!(b.admit(later), "the period is over: one probe");
         assert!(!b.admit(later), "the others wait for the probe");
@@ -159,11 +166,7 @@ mod tests {
 
     #[test]
     fn a_failed_probe_opens_it_again() {
-        let t0 = Instant::now();
-        let b = Breaker::new(t0);
-        for _ in 0..TRIP_AFTER {
-            b.failure(t0);
-        }
+        let (t0, b) = tripped();
         let probe = t0 + OPEN_FOR;
         assert!(b.admit(probe));
         assert_eq!(
