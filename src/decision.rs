@@ -258,9 +258,9 @@ impl Decider {
         };
         let make = || delivery.identifier().identify(&who, now);
         let lazy = LazyIdentity::new(&make);
-        let candidates = self.candidates(gate, delivery, &visitor, None, &[], &lazy, now);
-        let identity = lazy.into_inner().unwrap_or_default();
         let decision = crate::tracking::new_id();
+        let candidates = self.candidates(gate, delivery, &visitor, None, &[], &lazy, decision, now);
+        let identity = lazy.into_inner().unwrap_or_default();
         let finish = move |this: &Decider, gate: &Gate, won: Option<Candidate>, cookie| {
             let outcome = won
                 .and_then(|w| gate.catalogue.get(w.position))
@@ -301,6 +301,7 @@ impl Decider {
         placement: Option<usize>,
         taken: &[usize],
         identity: &LazyIdentity<'_>,
+        decision: [u8; 12],
         now: i64,
     ) -> Vec<Candidate> {
         gate.candidates(
@@ -308,8 +309,7 @@ impl Decider {
             placement,
             taken,
             Some(identity),
-            delivery.no_identity(),
-            |campaign, keys| delivery.at_cap(campaign, keys, now),
+            &delivery.caps(decision, now),
             |reason| self.metrics.observe_excluded(reason),
         )
     }
@@ -357,8 +357,16 @@ impl Decider {
                         .or_else(|| index.best_in_placement(visitor, p, &[], pick))
                 }
                 Some((gate, delivery)) => {
-                    let candidates =
-                        self.candidates(gate, delivery, visitor, Some(p), &taken, &lazy, now);
+                    let candidates = self.candidates(
+                        gate,
+                        delivery,
+                        visitor,
+                        Some(p),
+                        &taken,
+                        &lazy,
+                        decision,
+                        now,
+                    );
                     // Worked out if a capped candidate needed it (then the reservation does).
                     let keys = if candidates.iter().any(|c| c.capped) {
                         lazy.keys().clone()

@@ -2,9 +2,10 @@
 //! it takes to admit it into an auction, all in atomics written by the ticker.
 //!
 //! A campaign without limits costs nothing here: its bit is never blocked nor gated. A gated
-//! campaign is admitted by [`Gate::candidates`] one check at a time, cheapest first: pacing's
-//! coin, then this node's lease (the cost is charged now; a refusal later refunds it), then the
-//! cache of visitors known to be at their cap.
+//! campaign is admitted by [`Gate::candidates`] one check at a time, cheapest first: the cache of
+//! visitors known to be at its cap, pacing's coin, this node's lease (the cost is charged now; a
+//! refusal later refunds it), then, where the state backend answers at once (local), the
+//! reservation of one of the visitor's views under its cap ([`CapCheck`]).
 
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -166,8 +167,34 @@ pub struct Candidate {
     pub position: usize,
     /// What was charged to this node's lease for it (refunded unless it wins).
     pub charged: Micros,
-    /// Whether a view must be reserved under the visitor's cap.
+    /// Whether it is shown under the visitor's cap: a view is (or must be) reserved for it.
     pub capped: bool,
+    /// Whether that view is reserved already ([`Reserve::Reserved`]): it wins.
+    pub reserved: bool,
+}
+
+/// What [`CapCheck::reserve_now`] did for a capped candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserve {
+    /// One of the visitor's views is reserved for it: it wins.
+    Reserved,
+    /// Not shown: the visitor is at its cap, or the backend failed and `on_outage` holds.
+    Refused,
+    /// The backend failed and `on_outage` serves: shown without a view counted.
+    Unreserved,
+    /// The backend needs a round trip: asked once the auction settles, for every capped
+    /// candidate found.
+    Later,
+}
+
+/// The frequency-cap side of one auction, asked about each capped candidate.
+pub trait CapCheck {
+    /// How a capped candidate is treated for a visitor without identity keys.
+    fn no_identity(&self) -> NoIdentity;
+    /// Whether the visitor (`keys`) is known to be at `campaign`'s cap (no backend call).
+    fn known_full(&self, campaign: u32, keys: &Keys) -> bool;
+    /// Reserves one of the visitor's views of `campaign`, if the backend answers at once.
+    fn reserve_now(&self, campaign: &Campaign, keys: &Keys) -> Reserve;
 }
 
 /// The delivery view of one catalogue.
@@ -285,21 +312,21 @@ impl Gate {
         }
     }
 
-    /// The auction under delivery limits: candidates in bid order, each admitted by pacing, this
-    /// node's lease (charged now) and the cap cache (`at_cap(campaign)`); it ends with the first
-    /// candidate without a cap, or after [`MAX_CAPPED`] capped ones. `placement` `None` is
-    /// `GET /ad`; `taken` are positions that won earlier slots of the request (avoided while
-    /// another campaign is eligible); `identity` is worked out at the first capped candidate.
-    /// `excluded` is told each refusal.
-    #[allow(clippy::too_many_arguments)]
+    /// The auction under delivery limits: candidates in bid order, each admitted by `caps`' cache,
+    /// pacing, this node's lease (charged now) and, where the backend answers at once, the
+    /// reservation of the visitor's view; it ends with the first candidate without a cap or with
+    /// its view reserved, or after [`MAX_CAPPED`] capped ones left for [`Delivery::settle`]
+    /// (`crate::delivery::Delivery::settle`) to reserve. `placement` `None` is `GET /ad`; `taken`
+    /// are positions that won earlier slots of the request (avoided while another campaign is
+    /// eligible); `identity` is worked out at the first capped candidate. `excluded` is told each
+    /// refusal.
     pub fn candidates(
         &self,
         visitor: &Visitor,
         placement: Option<usize>,
         taken: &[usize],
         identity: Option<&LazyIdentity<'_>>,
-        no_identity: NoIdentity,
-        mut at_cap: impl FnMut(u32, &Keys) -> bool,
+        caps: &impl CapCheck,
         mut excluded: impl FnMut(Excluded),
     ) -> Vec<Candidate> {
         let index = self.catalogue.index();
@@ -335,17 +362,18 @@ impl Gate {
                     position,
                     charged: 0,
                     capped: false,
+                    reserved: false,
                 });
                 return found;
             };
-            match self.admit(campaign, runtime, identity, no_identity, &mut at_cap) {
+            match self.admit(campaign, runtime, identity, caps) {
                 Ok(candidate) => {
-                    let capped = candidate.capped;
+                    let settled = !candidate.capped || candidate.reserved;
                     found.push(Candidate {
                         position,
                         ..candidate
                     });
-                    if !capped || found.len() >= MAX_CAPPED {
+                    if settled || found.len() >= MAX_CAPPED {
                         return found;
                     }
                 }
@@ -363,15 +391,16 @@ impl Gate {
         campaign: &Campaign,
         runtime: &Runtime,
         identity: Option<&LazyIdentity<'_>>,
-        no_identity: NoIdentity,
-        at_cap: &mut impl FnMut(u32, &Keys) -> bool,
+        caps: &impl CapCheck,
     ) -> Result<Candidate, Excluded> {
-        let mut capped = false;
+        let mut keys = None;
         if campaign.delivery().frequency_cap.is_some() {
             match identity.map(|i| i.keys()).filter(|k| !k.is_empty()) {
-                Some(k) if at_cap(campaign.id, k) => return Err(Excluded::FrequencyCap),
-                Some(_) => capped = true,
-                None if no_identity == NoIdentity::Exclude => return Err(Excluded::FrequencyCap),
+                Some(k) if caps.known_full(campaign.id, k) => return Err(Excluded::FrequencyCap),
+                Some(k) => keys = Some(k),
+                None if caps.no_identity() == NoIdentity::Exclude => {
+                    return Err(Excluded::FrequencyCap);
+                }
                 None => {}
             }
         }
@@ -398,10 +427,22 @@ impl Gate {
                 Pricing::Cpc => {}
             }
         }
+        let (capped, reserved) = match keys.map(|k| caps.reserve_now(campaign, k)) {
+            None | Some(Reserve::Unreserved) => (false, false),
+            Some(Reserve::Later) => (true, false),
+            Some(Reserve::Reserved) => (true, true),
+            Some(Reserve::Refused) => {
+                if charged > 0 {
+                    runtime.refund(charged);
+                }
+                return Err(Excluded::FrequencyCap);
+            }
+        };
         Ok(Candidate {
             position: 0,
             charged,
             capped,
+            reserved,
         })
     }
 

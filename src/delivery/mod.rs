@@ -37,7 +37,7 @@ use crate::campaigns::{CatalogueHandle, Micros};
 use crate::config::{OnOutage, StateConfig, TrackingConfig};
 use crate::metrics::Metrics;
 use curve::TrafficCurve;
-use gate::{Candidate, Gate, NoIdentity, Runtime};
+use gate::{Candidate, CapCheck, Gate, NoIdentity, Reserve, Runtime};
 use identity::{Identifier, Keys};
 use ledger::{Ledger, Reservation};
 use smallvec::SmallVec;
@@ -89,6 +89,53 @@ pub struct Delivery {
     /// The last tick's `now` (`i64::MIN` before the first): flights of a reloaded catalogue
     /// are judged at it.
     clock: AtomicI64,
+}
+
+/// The frequency-cap side of one decision (id `decision`, at Unix second `now`), as
+/// [`Gate::candidates`] asks it: on the local backend each capped candidate's view is reserved
+/// on the spot (no cache to consult, nothing left for [`Delivery::settle`]); on Redis the cache
+/// of visitors known to be at their cap filters, and one script reserves once the auction is over.
+pub struct DecisionCaps<'a> {
+    delivery: &'a Delivery,
+    decision: [u8; 12],
+    now: i64,
+}
+
+impl CapCheck for DecisionCaps<'_> {
+    fn no_identity(&self) -> NoIdentity {
+        self.delivery.no_identity()
+    }
+
+    fn known_full(&self, campaign: u32, keys: &Keys) -> bool {
+        !self.delivery.state.answers_at_once() && self.delivery.at_cap(campaign, keys, self.now)
+    }
+
+    fn reserve_now(&self, campaign: &crate::campaigns::Campaign, keys: &Keys) -> Reserve {
+        let Some(cap) = campaign.delivery().frequency_cap else {
+            return Reserve::Unreserved;
+        };
+        let ask = [CapAsk {
+            campaign: campaign.id,
+            limit: cap.impressions,
+            per_secs: cap.per_secs,
+        }];
+        let reply = self
+            .delivery
+            .state
+            .reserve_now(&keys.0, &ask, self.decision, self.now);
+        match reply {
+            None => Reserve::Later,
+            Some(Ok(reply)) if reply.granted.is_some() => Reserve::Reserved,
+            Some(Ok(_)) => Reserve::Refused,
+            Some(Err(e)) => {
+                tracing::debug!("frequency cap not checked: {e}");
+                match self.delivery.options.on_outage {
+                    OnOutage::Serve => Reserve::Unreserved,
+                    OnOutage::Hold => Reserve::Refused,
+                }
+            }
+        }
+    }
 }
 
 /// A fingerprint of a visitor's identity keys (the cap cache's key).
@@ -200,6 +247,15 @@ impl Delivery {
         fresh
     }
 
+    /// How one decision's auction checks frequency caps ([`Gate::candidates`]).
+    pub fn caps(&self, decision: [u8; 12], now: i64) -> DecisionCaps<'_> {
+        DecisionCaps {
+            delivery: self,
+            decision,
+            now,
+        }
+    }
+
     /// Whether `keys` are known to be at `campaign`'s cap at `now` (no backend call).
     pub fn at_cap(&self, campaign: u32, keys: &Keys, now: i64) -> bool {
         self.at_cap
@@ -217,8 +273,8 @@ impl Delivery {
 
     /// Settles an auction's `candidates` (from [`Gate::candidates`]): reserves a view of the
     /// first capped one with room for the visitor (`keys`), under the decision id `decision`;
-    /// without capped ones the last candidate wins at once. The charges of the losers are
-    /// refunded.
+    /// without capped ones left to reserve (none, or the last one's view reserved by the gate)
+    /// the last candidate wins at once. The charges of the losers are refunded.
     pub fn settle(
         self: &Arc<Self>,
         gate: &Arc<Gate>,
@@ -229,7 +285,7 @@ impl Delivery {
     ) -> Settle {
         let capped: SmallVec<[CapAsk; MAX_ASKS]> = candidates
             .iter()
-            .take_while(|c| c.capped)
+            .take_while(|c| c.capped && !c.reserved)
             .filter_map(|c| {
                 let campaign = gate.catalogue.get(c.position)?;
                 let cap = campaign.delivery().frequency_cap?;

@@ -36,6 +36,11 @@ impl Drop for TempDir {
 }
 
 fn engine(campaigns: &str) -> Engine {
+    engine_with(campaigns, 1_000_000, OnOutage::Hold)
+}
+
+/// An engine whose caps memory holds `max_cap_entries` pairs, with `on_outage`.
+fn engine_with(campaigns: &str, max_cap_entries: u64, on_outage: OnOutage) -> Engine {
     let dir = std::env::temp_dir().join(format!(
         "rotator-delivery-{}-{}",
         std::process::id(),
@@ -46,7 +51,7 @@ fn engine(campaigns: &str) -> Engine {
     let metrics = Metrics::new();
     let seen = Arc::new(Seen::new(1_000_000));
     let (state, writer) =
-        state::LocalState::open(&dir, 1_000_000, seen.clone(), metrics.clone(), DAY).unwrap();
+        state::LocalState::open(&dir, max_cap_entries, seen.clone(), metrics.clone(), DAY).unwrap();
     let signer = Signer::from_keys(&[9; 32], &[]).unwrap();
     let delivery = Delivery::new(
         Arc::new(State::Local(state)),
@@ -55,7 +60,7 @@ fn engine(campaigns: &str) -> Engine {
         metrics,
         Options {
             lease_seconds: 5,
-            on_outage: OnOutage::Hold,
+            on_outage,
             impression_ttl: 60,
         },
     );
@@ -83,16 +88,16 @@ fn decide(delivery: &Arc<Delivery>, keys: &Keys, now: i64) -> u32 {
         set_cookie: None,
     };
     let lazy = LazyIdentity::new(&make);
+    let id = crate::tracking::new_id();
     let candidates = gate.candidates(
         &visitor(),
         None,
         &[],
         Some(&lazy),
-        delivery.no_identity(),
-        |c, k| delivery.at_cap(c, k, now),
+        &delivery.caps(id, now),
         |_| {},
     );
-    let won = match delivery.settle(&gate, candidates, keys, crate::tracking::new_id(), now) {
+    let won = match delivery.settle(&gate, candidates, keys, id, now) {
         Settle::Done(won) => won,
         Settle::Pending(_) => panic!("the local backend answers at once"),
     };
@@ -234,6 +239,92 @@ url = "https://b.example"
 bid = 1.0
 "#;
 
+const CAPPED_BUDGETED: &str = r#"
+[[campaign]]
+id = 1
+url = "https://a.example"
+bid = 5.0
+[campaign.budget]
+daily = 1.0
+pacing = "asap"
+[campaign.frequency_cap]
+impressions = 1
+per = "1h"
+
+[[campaign]]
+id = 2
+url = "https://b.example"
+bid = 1.0
+"#;
+
+/// On the local backend the gate reserves a capped candidate's view as it meets it: a visitor
+/// at the cap is refused there, the lease charged for the refused candidate comes back, and the
+/// next bid wins.
+#[tokio::test]
+async fn issue11_a_view_refused_by_the_local_cap_gives_its_charge_back() {
+    let e = engine(CAPPED_BUDGETED);
+    let keys = Keys(smallvec::smallvec![44]);
+    e.delivery.tick(DAY).await;
+    let gate = e.delivery.gate();
+    let (_, _, runtime) = gate.limited_campaigns().next().unwrap();
+    let balance = || runtime.balance.load(Ordering::Acquire);
+    let leased = balance();
+    assert!(
+        leased >= 5_000,
+        "a lease of at least one impression: {leased}"
+    );
+    assert_eq!(decide(&e.delivery, &keys, DAY), 1);
+    assert_eq!(balance(), leased - 5_000, "the shown view is charged");
+    assert_eq!(
+        decide(&e.delivery, &keys, DAY + 1),
+        2,
+        "capped: the next bid"
+    );
+    assert_eq!(
+        balance(),
+        leased - 5_000,
+        "the refused candidate's charge came back"
+    );
+    let other = Keys(smallvec::smallvec![45]);
+    assert_eq!(decide(&e.delivery, &other, DAY + 1), 1, "another visitor");
+}
+
+/// When the local caps memory is full, a capped campaign follows `on_outage`: `hold` leaves it
+/// out for the next bid, `serve` shows it without counting a view.
+#[tokio::test]
+async fn issue11_a_full_local_caps_memory_follows_on_outage() {
+    // 64 shards of one pair each, all taken by visitors `shard << 58`.
+    let fill = |e: &Engine| {
+        for shard in 0..64u64 {
+            assert_eq!(
+                decide(&e.delivery, &Keys(smallvec::smallvec![shard << 58]), DAY),
+                1
+            );
+        }
+    };
+    let newcomer = Keys(smallvec::smallvec![(7 << 58) | 1]);
+    let held = engine_with(CAPPED, 64, OnOutage::Hold);
+    held.delivery.tick(DAY).await;
+    fill(&held);
+    assert_eq!(
+        decide(&held.delivery, &newcomer, DAY),
+        2,
+        "hold: the next bid"
+    );
+    let served = engine_with(CAPPED, 64, OnOutage::Serve);
+    served.delivery.tick(DAY).await;
+    fill(&served);
+    for _ in 0..5 {
+        assert_eq!(decide(&served.delivery, &newcomer, DAY), 1, "serve: shown");
+    }
+    let state = served.delivery.state();
+    assert_eq!(
+        state.views(&newcomer.0, 1, DAY).await.unwrap(),
+        0,
+        "no view counted"
+    );
+}
+
 #[tokio::test]
 async fn issue11_frequency_cap_holds_per_visitor_in_a_sliding_window() {
     let e = engine(CAPPED);
@@ -301,16 +392,15 @@ async fn issue11_a_slot_reservation_is_given_back_when_its_impression_never_come
     };
     let decide_slot = |now| {
         let lazy = LazyIdentity::new(&make);
+        let id = crate::tracking::new_id();
         let candidates = gate.candidates(
             &visitor(),
             Some(0),
             &[],
             Some(&lazy),
-            e.delivery.no_identity(),
-            |c, k| e.delivery.at_cap(c, k, now),
+            &e.delivery.caps(id, now),
             |_| {},
         );
-        let id = crate::tracking::new_id();
         let Settle::Done(won) = e.delivery.settle(&gate, candidates, &keys, id, now) else {
             panic!("local answers at once");
         };

@@ -282,6 +282,12 @@ impl State {
         .await
     }
 
+    /// Whether the backend answers without a round trip (local): a capped candidate's view is
+    /// then reserved as the auction meets it, and no cache of visitors at their cap is kept.
+    pub fn answers_at_once(&self) -> bool {
+        matches!(self, State::Local(_))
+    }
+
     /// [`reserve`](Self::reserve) when the backend answers without waiting (local), observed
     /// the same way; `None` for a backend that needs a round trip (Redis). The request path
     /// calls this first, so a local decision builds no future.
