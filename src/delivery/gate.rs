@@ -315,8 +315,8 @@ impl Gate {
     /// The auction under delivery limits: candidates in bid order, each admitted by `caps`' cache,
     /// pacing, this node's lease (charged now) and, where the backend answers at once, the
     /// reservation of the visitor's view; it ends with the first candidate without a cap or with
-    /// its view reserved, or after [`MAX_CAPPED`] capped ones left for [`Delivery::settle`]
-    /// (`crate::delivery::Delivery::settle`) to reserve. `placement` `None` is `GET /ad`; `taken`
+    /// its view reserved, or after [`MAX_CAPPED`] capped ones left for
+    /// [`Delivery::settle`](super::Delivery::settle) to reserve. `placement` `None` is `GET /ad`; `taken`
     /// are positions that won earlier slots of the request (avoided while another campaign is
     /// eligible); `identity` is worked out at the first capped candidate. `excluded` is told each
     /// refusal.

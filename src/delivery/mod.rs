@@ -35,7 +35,7 @@ use arc_swap::ArcSwap;
 
 use crate::campaigns::{CatalogueHandle, Micros};
 use crate::config::{OnOutage, StateConfig, TrackingConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Excluded, Metrics};
 use curve::TrafficCurve;
 use gate::{Candidate, CapCheck, Gate, NoIdentity, Reserve, Runtime};
 use identity::{Identifier, Keys};
@@ -328,6 +328,8 @@ impl Delivery {
                     if let Some(until) = until {
                         self.at_cap
                             .insert((ask.campaign, fingerprint(keys)), *until);
+                        // Counted like the gate's refusals (the cache's, or the local backend's).
+                        self.metrics.observe_excluded(Excluded::FrequencyCap);
                     }
                 }
                 match reply.granted {

@@ -373,11 +373,18 @@ fn issue11_single_node_budget_caps_flight_restart_explain() {
 
     // (b) A cap of 3 per 24 h by user.key: exactly 3 fills per key, whatever the parallelism.
     let keys: Vec<String> = (0..6).map(|k| format!("user-{k}")).collect();
+    let capped_out = || {
+        let reason = "reason=\"frequency_cap\"";
+        metric_sum(metrics, "rotator_decisions_excluded_total", reason)
+    };
+    let capped_out_before = capped_out();
     let (per_key, all) = capped_fills(&addrs, &keys, (20, 6), CAPPED);
     for key in &keys {
         assert_eq!(per_key[key], 3, "{key}: {per_key:?}");
     }
     assert_eq!(all.get(&FILLER).copied(), Some(6 * 17), "{all:?}");
+    // Every decision the filler won left the capped campaign out once.
+    assert_eq!(capped_out() - capped_out_before, (6 * 17) as f64);
 
     // By cookie: the first answer sets it (and counts the view), the cookie caps the rest.
     let first = browser_decision(&s, CHROME, &[]);

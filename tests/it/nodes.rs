@@ -239,6 +239,14 @@ fn issue11_three_nodes_share_budgets_and_caps_through_redis_and_survive_its_outa
     // 2. A cap of 3 per 24 h for 1,000 user keys, 4 decisions each on different nodes, 16
     // clients: exactly 3 fills per key.
     let phase = Instant::now();
+    let capped_out = || -> f64 {
+        let reason = "reason=\"frequency_cap\"";
+        metrics
+            .iter()
+            .map(|m| metric_sum(*m, "rotator_decisions_excluded_total", reason))
+            .sum()
+    };
+    let capped_out_before = capped_out();
     let keys: Vec<String> = (0..1_000).map(|k| format!("{}-{k}", ids.capped)).collect();
     let (per_key, all) = capped_fills(&addrs, &keys, (4, 16), ids.capped);
     sent += all.values().sum::<u64>();
@@ -250,6 +258,8 @@ fn issue11_three_nodes_share_budgets_and_caps_through_redis_and_survive_its_outa
     );
     assert_eq!(per_key.len(), 1_000);
     assert_eq!(all.get(&ids.filler).copied(), Some(1_000), "{all:?}");
+    // Each key's fourth decision left the capped campaign out once (found by the script).
+    assert_eq!(capped_out() - capped_out_before, 1_000.0);
     eprintln!("nodes: caps phase {:?}", phase.elapsed());
     // `explain` against Redis while the nodes serve: the DE budget is spent; the key is capped.
     let cfg_path = dirs[2].join("rotator.toml");
