@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::campaigns::{CatalogueHandle, Micros};
+use crate::campaigns::{Campaign, CatalogueHandle, Micros};
 use crate::config::{OnOutage, StateConfig, TrackingConfig};
 use crate::metrics::{Excluded, Metrics};
 use curve::TrafficCurve;
@@ -110,32 +110,34 @@ impl CapCheck for DecisionCaps<'_> {
         !self.delivery.state.answers_at_once() && self.delivery.at_cap(campaign, keys, self.now)
     }
 
-    fn reserve_now(&self, campaign: &crate::campaigns::Campaign, keys: &Keys) -> Reserve {
-        let Some(cap) = campaign.delivery().frequency_cap else {
+    fn reserve_now(&self, campaign: &Campaign, keys: &Keys) -> Reserve {
+        let Some(ask) = cap_ask(campaign) else {
             return Reserve::Unreserved;
         };
-        let ask = [CapAsk {
-            campaign: campaign.id,
-            limit: cap.impressions,
-            per_secs: cap.per_secs,
-        }];
         let reply = self
             .delivery
             .state
-            .reserve_now(&keys.0, &ask, self.decision, self.now);
+            .reserve_now(&keys.0, &[ask], self.decision, self.now);
         match reply {
             None => Reserve::Later,
             Some(Ok(reply)) if reply.granted.is_some() => Reserve::Reserved,
             Some(Ok(_)) => Reserve::Refused,
-            Some(Err(e)) => {
-                tracing::debug!("frequency cap not checked: {e}");
-                match self.delivery.options.on_outage {
-                    OnOutage::Serve => Reserve::Unreserved,
-                    OnOutage::Hold => Reserve::Refused,
-                }
-            }
+            Some(Err(e)) => match self.delivery.cap_unchecked(&e) {
+                OnOutage::Serve => Reserve::Unreserved,
+                OnOutage::Hold => Reserve::Refused,
+            },
         }
     }
+}
+
+/// What a reservation asks for `campaign`'s cap; `None` for an uncapped campaign.
+fn cap_ask(campaign: &Campaign) -> Option<CapAsk> {
+    let cap = campaign.delivery().frequency_cap?;
+    Some(CapAsk {
+        campaign: campaign.id,
+        limit: cap.impressions,
+        per_secs: cap.per_secs,
+    })
 }
 
 /// A fingerprint of a visitor's identity keys (the cap cache's key).
@@ -247,6 +249,12 @@ impl Delivery {
         fresh
     }
 
+    /// What a decision does with capped campaigns when a reservation failed with `e`.
+    fn cap_unchecked(&self, e: &StateError) -> OnOutage {
+        tracing::debug!("frequency cap not checked: {e}");
+        self.options.on_outage
+    }
+
     /// How one decision's auction checks frequency caps ([`Gate::candidates`]).
     pub fn caps(&self, decision: [u8; 12], now: i64) -> DecisionCaps<'_> {
         DecisionCaps {
@@ -273,8 +281,10 @@ impl Delivery {
 
     /// Settles an auction's `candidates` (from [`Gate::candidates`]): reserves a view of the
     /// first capped one with room for the visitor (`keys`), under the decision id `decision`;
-    /// without capped ones left to reserve (none, or the last one's view reserved by the gate)
-    /// the last candidate wins at once. The charges of the losers are refunded.
+    /// without capped ones left to reserve (none, or the last one's view reserved by the gate,
+    /// as always on the local backend) the last candidate wins at once. Only a backend with a
+    /// round trip (Redis) leaves asks, so only it makes the decision wait. The charges of the
+    /// losers are refunded.
     pub fn settle(
         self: &Arc<Self>,
         gate: &Arc<Gate>,
@@ -286,23 +296,12 @@ impl Delivery {
         let capped: SmallVec<[CapAsk; MAX_ASKS]> = candidates
             .iter()
             .take_while(|c| c.capped && !c.reserved)
-            .filter_map(|c| {
-                let campaign = gate.catalogue.get(c.position)?;
-                let cap = campaign.delivery().frequency_cap?;
-                Some(CapAsk {
-                    campaign: campaign.id,
-                    limit: cap.impressions,
-                    per_secs: cap.per_secs,
-                })
-            })
+            .filter_map(|c| cap_ask(gate.catalogue.get(c.position)?))
             .collect();
         if capped.is_empty() {
             let winner = candidates.last().copied();
             gate.refund(candidates.into_iter().rev().skip(1));
             return Settle::Done(winner);
-        }
-        if let Some(reply) = self.state.reserve_now(&keys.0, &capped, decision, now) {
-            return Settle::Done(self.settled(gate, candidates, &capped, reply, keys));
         }
         let this = self.clone();
         let gate = gate.clone();
@@ -337,13 +336,10 @@ impl Delivery {
                     None => uncapped_last,
                 }
             }
-            Err(e) => {
-                tracing::debug!("frequency cap not checked: {e}");
-                match self.options.on_outage {
-                    OnOutage::Serve => candidates.first().copied(),
-                    OnOutage::Hold => uncapped_last,
-                }
-            }
+            Err(e) => match self.cap_unchecked(&e) {
+                OnOutage::Serve => candidates.first().copied(),
+                OnOutage::Hold => uncapped_last,
+            },
         };
         gate.refund(candidates.into_iter().filter(|c| Some(*c) != winner));
         winner

@@ -289,8 +289,9 @@ impl State {
     }
 
     /// [`reserve`](Self::reserve) when the backend answers without waiting (local), observed
-    /// the same way; `None` for a backend that needs a round trip (Redis). The request path
-    /// calls this first, so a local decision builds no future.
+    /// the same way; `None` for a backend that needs a round trip (Redis). The gate calls it
+    /// for each capped candidate (`delivery::DecisionCaps`), so a local decision builds no
+    /// future.
     pub fn reserve_now(
         &self,
         keys: &[u64],
